@@ -1,0 +1,53 @@
+"""``vmtool keygen``: the four key files and where each one goes.
+
+===================  ==========================  ================================
+file                 what                        where it lives
+===================  ==========================  ================================
+``publisher.key``    Ed25519 signing key          the cloud build (HSM/KMS), 0600
+``publisher.pub``    Ed25519 public key           every device: its trust root
+``device.key``       P-256 private key            one device only (keystore), 0600
+``device.pub``       P-256 public key             the cloud: bundles are encrypted to it
+===================  ==========================  ================================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vmcontainer.bundle.keys import (
+    generate_device_key,
+    generate_publisher_key,
+    key_id,
+    private_pem,
+    public_pem,
+)
+
+
+def _write(path: Path, data: bytes, private: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = os.open(path, flags, 0o600 if private else 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600 if private else 0o644)
+
+
+def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, str]:
+    """Write publisher and device key pairs to ``out_dir``; return their key ids (hex)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ("publisher.key", "publisher.pub", "device.key", "device.pub")
+    if not overwrite and any((out / n).exists() for n in names):
+        raise FileExistsError(f"key files already exist in {out}; refusing to overwrite")
+    publisher = generate_publisher_key()
+    device = generate_device_key()
+    _write(out / "publisher.key", private_pem(publisher), private=True)
+    _write(out / "publisher.pub", public_pem(publisher.public_key()), private=False)
+    _write(out / "device.key", private_pem(device), private=True)
+    _write(out / "device.pub", public_pem(device.public_key()), private=False)
+    return {
+        "publisher": key_id(publisher.public_key()).hex(),
+        "device": key_id(device.public_key()).hex(),
+    }

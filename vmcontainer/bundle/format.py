@@ -1,0 +1,305 @@
+"""Bundle format v1: the byte layout, shared by the builder and the verifier.
+
+See docs/bundle-format.md for the byte-by-byte description.  In short::
+
+    bundle   = MAGIC(4) | version u8 | header_len u32 | header
+             | nsig u8 | nsig x (kid[16] | ed25519_sig[64])           <- signed header
+             | nrcpt u16 | nrcpt x (kid[16] | wrap_len u16 | wrap)    <- NOT signed
+             | ct_len u64 | ciphertext                                <- AES-256-GCM, aad = header
+    payload  = PMAGIC(4) | manifest_len u32 | manifest | code_len u32 | marshal(code)
+             | nmodels u16 | nmodels x (name_len u16 | name | size u64 | bytes)
+
+Integers are big-endian.  The header is canonical JSON (sorted keys, no
+spaces, ASCII).  Signatures cover ``SIG_CONTEXT | header`` and the header
+carries the ciphertext's SHA-256, so a signature commits to the ciphertext.
+The recipients table sits outside the signature so that wraps can be added
+later without the signing key; each wrap is bound to the header digest and
+to its own key id through HPKE ``info``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives import hpke
+
+from ..errors import BundleIncompatible, BundleMalformed, BundleTooLarge
+from .keys import KID_LEN
+
+MAGIC = b"\x89VMB"
+PAYLOAD_MAGIC = b"VMP1"
+FORMAT_VERSION = 1
+SIG_CONTEXT = b"vmcontainer/bundle/v1/signature\x00"
+WRAP_CONTEXT = b"vmcontainer/bundle/v1/content-key\x00"
+AEAD_NAME = "AES-256-GCM"
+WRAP_NAME = "HPKE-P256-HKDF-SHA256-AES-256-GCM"
+HPKE_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+SIG_LEN = 64
+NONCE_LEN = 12
+KEY_LEN = 32
+
+MAX_SIGNATURES = 16
+MAX_RECIPIENTS = 4096
+MAX_WRAP_LEN = 512
+LANES = ("core", "regular", "low")
+
+
+@dataclass(frozen=True)
+class SizeCaps:
+    """Caps checked before anything else is parsed; a device sets its own."""
+
+    bundle: int = 64 << 20
+    header: int = 16 << 10
+    manifest: int = 64 << 10
+    code: int = 8 << 20
+    models: int = 48 << 20
+
+
+DEFAULT_CAPS = SizeCaps()
+
+HEADER_FIELDS = {
+    "format": int,
+    "task": str,
+    "release": int,
+    "python": dict,
+    "created": int,
+    "expires": (int, type(None)),
+    "signers": list,
+    "aead": str,
+    "wrap": str,
+    "nonce": str,
+    "ct_sha256": str,
+    "ct_len": int,
+    "pt_sha256": str,
+    "pt_len": int,
+}
+PYTHON_FIELDS = {"impl": str, "magic": str, "cache_tag": str}
+
+
+@dataclass
+class RawBundle:
+    """The framing of a bundle, parsed strictly but not yet trusted."""
+
+    header_bytes: bytes
+    header: dict[str, Any]
+    signatures: list[tuple[bytes, bytes]]
+    recipients: list[tuple[bytes, bytes]]
+    ciphertext: bytes
+
+    def encode(self) -> bytes:
+        parts = [MAGIC, bytes([FORMAT_VERSION]), struct.pack(">I", len(self.header_bytes)),
+                 self.header_bytes, bytes([len(self.signatures)])]
+        for kid, sig in self.signatures:
+            parts += [kid, sig]
+        parts.append(struct.pack(">H", len(self.recipients)))
+        for kid, wrap in self.recipients:
+            parts += [kid, struct.pack(">H", len(wrap)), wrap]
+        parts += [struct.pack(">Q", len(self.ciphertext)), self.ciphertext]
+        return b"".join(parts)
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def aead_aad(header: dict[str, Any]) -> bytes:
+    """AES-GCM associated data: the canonical header with ``ct_sha256`` empty."""
+    return canonical_json({**header, "ct_sha256": ""})
+
+
+def signed_message(header_bytes: bytes) -> bytes:
+    return SIG_CONTEXT + header_bytes
+
+
+def wrap_info(header_bytes: bytes, recipient_kid: bytes) -> bytes:
+    return WRAP_CONTEXT + hashlib.sha256(header_bytes).digest() + recipient_kid
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes):
+        self.buf = memoryview(buf)
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        end = self.pos + n
+        if n < 0 or end > len(self.buf):
+            raise BundleMalformed(f"truncated {what}")
+        out = bytes(self.buf[self.pos:end])
+        self.pos = end
+        return out
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return struct.unpack(">H", self.take(2, what))[0]
+
+    def u32(self, what: str) -> int:
+        return struct.unpack(">I", self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack(">Q", self.take(8, what))[0]
+
+    def end(self) -> None:
+        if self.pos != len(self.buf):
+            raise BundleMalformed("trailing bytes after the ciphertext")
+
+
+def _strict_json(data: bytes, what: str) -> dict[str, Any]:
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise BundleMalformed(f"duplicate key {k!r} in {what}")
+            out[k] = v
+        return out
+
+    try:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_dupes,
+                         parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    except BundleMalformed:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BundleMalformed(f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise BundleMalformed(f"{what} is not a JSON object")
+    return obj
+
+
+def _check_fields(obj: dict[str, Any], spec: dict[str, Any], what: str) -> None:
+    if set(obj) != set(spec):
+        missing = sorted(set(spec) - set(obj))
+        extra = sorted(set(obj) - set(spec))
+        raise BundleMalformed(f"{what} fields wrong (missing {missing}, unknown {extra})")
+    for key, typ in spec.items():
+        value = obj[key]
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise BundleMalformed(f"{what} field {key!r} has the wrong type")
+
+
+def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
+    """Size caps, then strict parse of the framing and the header.  Trusts nothing."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BundleMalformed("bundle must be bytes")
+    if len(data) > caps.bundle:
+        raise BundleTooLarge(f"bundle is {len(data)} bytes, cap is {caps.bundle}")
+    r = _Reader(bytes(data))
+    if r.take(4, "magic") != MAGIC:
+        raise BundleMalformed("not a vmcontainer bundle (bad magic)")
+    version = r.u8("format version")
+    if version != FORMAT_VERSION:
+        raise BundleIncompatible(f"bundle format version {version} is not supported")
+    header_len = r.u32("header length")
+    if header_len > caps.header:
+        raise BundleTooLarge(f"header is {header_len} bytes, cap is {caps.header}")
+    header_bytes = r.take(header_len, "header")
+    nsig = r.u8("signature count")
+    if not 1 <= nsig <= MAX_SIGNATURES:
+        raise BundleMalformed(f"signature count {nsig} out of range")
+    signatures = [(r.take(KID_LEN, "signer id"), r.take(SIG_LEN, "signature")) for _ in range(nsig)]
+    nrcpt = r.u16("recipient count")
+    if nrcpt > MAX_RECIPIENTS:
+        raise BundleMalformed(f"recipient count {nrcpt} out of range")
+    recipients = []
+    for _ in range(nrcpt):
+        kid = r.take(KID_LEN, "recipient id")
+        wrap_len = r.u16("wrap length")
+        if wrap_len > MAX_WRAP_LEN:
+            raise BundleMalformed("wrapped key too long")
+        recipients.append((kid, r.take(wrap_len, "wrapped key")))
+    ct_len = r.u64("ciphertext length")
+    if ct_len > caps.bundle:
+        raise BundleTooLarge("ciphertext length over the bundle cap")
+    ciphertext = r.take(ct_len, "ciphertext")
+    r.end()
+
+    header = _strict_json(header_bytes, "header")
+    if canonical_json(header) != header_bytes:
+        raise BundleMalformed("header is not in canonical form")
+    _check_fields(header, HEADER_FIELDS, "header")
+    _check_fields(header["python"], PYTHON_FIELDS, "header.python")
+    if header["ct_len"] != ct_len:
+        raise BundleMalformed("header ciphertext length does not match")
+    if not header["task"] or len(header["task"]) > 128:
+        raise BundleMalformed("task name empty or too long")
+    if header["release"] < 0 or header["pt_len"] < 0:
+        raise BundleMalformed("negative release or size")
+    try:
+        if len(bytes.fromhex(header["nonce"])) != NONCE_LEN:
+            raise ValueError
+        bytes.fromhex(header["ct_sha256"])
+        bytes.fromhex(header["pt_sha256"])
+    except ValueError:
+        raise BundleMalformed("header nonce or digests are not valid hex") from None
+    return RawBundle(header_bytes, header, signatures, recipients, ciphertext)
+
+
+# --- payload --------------------------------------------------------------------------
+
+
+@dataclass
+class Payload:
+    manifest: dict[str, Any]
+    code: bytes
+    models: dict[str, bytes] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        manifest = canonical_json(self.manifest)
+        parts = [PAYLOAD_MAGIC, struct.pack(">I", len(manifest)), manifest,
+                 struct.pack(">I", len(self.code)), self.code, struct.pack(">H", len(self.models))]
+        for name in sorted(self.models):
+            raw_name = name.encode("utf-8")
+            blob = self.models[name]
+            parts += [struct.pack(">H", len(raw_name)), raw_name, struct.pack(">Q", len(blob)), blob]
+        return b"".join(parts)
+
+
+MANIFEST_FIELDS = {
+    "task": str,
+    "release": int,
+    "entry": str,
+    "timeout": (int, float),
+    "lane": str,
+    "models": dict,
+    "triggers": list,
+    "min_container": str,
+    "meta": dict,
+}
+
+
+def parse_payload(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> Payload:
+    """Parse the (already authenticated) plaintext.  Raises BundleMalformed."""
+    r = _Reader(data)
+    if r.take(4, "payload magic") != PAYLOAD_MAGIC:
+        raise BundleMalformed("bad payload magic")
+    manifest_len = r.u32("manifest length")
+    if manifest_len > caps.manifest:
+        raise BundleTooLarge("manifest over its cap")
+    manifest = _strict_json(r.take(manifest_len, "manifest"), "manifest")
+    _check_fields(manifest, MANIFEST_FIELDS, "manifest")
+    if manifest["lane"] not in LANES:
+        raise BundleMalformed(f"unknown lane {manifest['lane']!r}")
+    if not manifest["timeout"] > 0:
+        raise BundleMalformed("manifest timeout must be positive")
+    code_len = r.u32("code length")
+    if code_len > caps.code:
+        raise BundleTooLarge("code over its cap")
+    code = r.take(code_len, "code")
+    models: dict[str, bytes] = {}
+    total = 0
+    for _ in range(r.u16("model count")):
+        name = r.take(r.u16("model name length"), "model name").decode("utf-8", "replace")
+        size = r.u64("model size")
+        total += size
+        if total > caps.models:
+            raise BundleTooLarge("models over their cap")
+        models[name] = r.take(size, "model")
+    r.end()
+    return Payload(manifest, code, models)

@@ -1,0 +1,109 @@
+"""Sealing: payload -> encrypted, wrapped, signed bundle bytes.
+
+Lives on the device side of the tree because ``vmcontainer.testing`` packs
+in-memory bundles with ephemeral keys through the very same code the cloud
+toolchain uses (``bytecode_tools`` imports this; never the other way round).
+
+Encrypt-then-sign: AES-256-GCM under a fresh random content key, the header
+(with its ciphertext digest still empty) as associated data; the content key
+HPKE-wrapped per recipient, bound to the header digest and the recipient's key
+id; Ed25519 signatures over the final header, which carries the ciphertext
+digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import time
+from types import CodeType
+from typing import Any, Mapping, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .. import __version__ as container_version
+from . import format as fmt
+from .keys import key_id
+from .verifier import RUNNING_PYTHON
+
+
+def pack_task(
+    code: CodeType,
+    *,
+    name: str,
+    release: int,
+    entry: str = "main",
+    timeout: float = 1.0,
+    lane: str = "regular",
+    models: Mapping[str, bytes] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    min_container: str = container_version,
+) -> fmt.Payload:
+    """The plaintext payload: manifest + marshalled code + model blobs."""
+    if lane not in fmt.LANES:
+        raise ValueError(f"lane must be one of {', '.join(fmt.LANES)}")
+    if release < 0:
+        raise ValueError("release must be >= 0")
+    if not timeout > 0:
+        raise ValueError("timeout must be positive")
+    blobs = {n: bytes(b) for n, b in (models or {}).items()}
+    manifest = {
+        "task": name,
+        "release": release,
+        "entry": entry,
+        "timeout": timeout,
+        "lane": lane,
+        "models": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(blobs.items())},
+        "triggers": [],
+        "min_container": min_container,
+        "meta": dict(meta or {}),
+    }
+    return fmt.Payload(manifest, marshal.dumps(code), blobs)
+
+
+def seal(
+    payload: fmt.Payload,
+    *,
+    signers: Sequence[ed25519.Ed25519PrivateKey],
+    recipients: Sequence[ec.EllipticCurvePublicKey],
+    expires_in: float | None = None,
+    now: float | None = None,
+) -> bytes:
+    """Encrypt, wrap and sign ``payload`` into bundle bytes."""
+    if not signers:
+        raise ValueError("at least one signing key is required")
+    if not recipients:
+        raise ValueError("at least one recipient device key is required")
+    plaintext = payload.encode()
+    content_key = AESGCM.generate_key(bit_length=256)
+    nonce = os.urandom(fmt.NONCE_LEN)
+    created = int(time.time() if now is None else now)
+    header: dict[str, Any] = {
+        "format": fmt.FORMAT_VERSION,
+        "task": payload.manifest["task"],
+        "release": payload.manifest["release"],
+        "python": dict(RUNNING_PYTHON),
+        "created": created,
+        "expires": None if expires_in is None else int(created + expires_in),
+        "signers": sorted(key_id(k.public_key()).hex() for k in signers),
+        "aead": fmt.AEAD_NAME,
+        "wrap": fmt.WRAP_NAME,
+        "nonce": nonce.hex(),
+        "ct_sha256": "",
+        "ct_len": len(plaintext) + 16,  # GCM tag
+        "pt_sha256": hashlib.sha256(plaintext).hexdigest(),
+        "pt_len": len(plaintext),
+    }
+    ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, fmt.aead_aad(header))
+    header["ct_sha256"] = hashlib.sha256(ciphertext).hexdigest()
+    header_bytes = fmt.canonical_json(header)
+    message = fmt.signed_message(header_bytes)
+    signatures = [(key_id(k.public_key()), k.sign(message)) for k in signers]
+    wraps = []
+    for device in recipients:
+        kid = key_id(device)
+        wraps.append((kid, fmt.HPKE_SUITE.encrypt(content_key, device,
+                                                  info=fmt.wrap_info(header_bytes, kid))))
+    return fmt.RawBundle(header_bytes, header, signatures, wraps, ciphertext).encode()

@@ -1,0 +1,1 @@
+"""The sandbox: policy, compiler, guards, facades and the per-call runtime."""

@@ -1,0 +1,123 @@
+"""Runtime guards: the checks the compiler could not decide statically.
+
+Each guard raises ``Interrupt("violation")`` - a ``BaseException`` - so a
+script cannot catch its own policy violation and carry on probing.
+"""
+
+from __future__ import annotations
+
+import string
+import types
+from typing import Any
+
+import numpy as np
+from _string import formatter_field_name_split  # type: ignore[import-not-found]
+
+from ..scheduler.scope import Interrupt
+from . import policy
+
+_MISSING = object()
+_ARRAY_TYPES = (np.ndarray, np.generic)
+
+
+def violation(message: str) -> Interrupt:
+    return Interrupt("violation", message)
+
+
+def _check_name(name: Any) -> str:
+    if type(name) is not str:
+        raise violation("attribute names must be plain str")
+    if name.startswith("_") or name in policy.DENIED_ATTRIBUTES:
+        raise violation(f'attribute "{name}" is not available in the sandbox')
+    return name
+
+
+class _SafeFormatter(string.Formatter):
+    """``str.format`` whose field lookups go through ``guarded_getattr``."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        first, rest = formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = guarded_getattr(obj, key) if is_attr else obj[key]
+        return obj, first
+
+
+_formatter = _SafeFormatter()
+
+
+def _safe_format_method(name: str, obj: Any) -> Any:
+    if isinstance(obj, str):
+        if name == "format":
+            return lambda *args, **kwargs: _formatter.vformat(obj, args, kwargs)
+        return lambda mapping: _formatter.vformat(obj, (), mapping)
+    # unbound: str.format(fmt, *args)
+    if name == "format":
+        return lambda fmt, *args, **kwargs: _formatter.vformat(str(fmt), args, kwargs)
+    return lambda fmt, mapping: _formatter.vformat(str(fmt), (), mapping)
+
+
+def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
+    """``getattr`` for scripts, and the target of guarded static attribute loads."""
+    name = _check_name(name)
+    if name in ("format", "format_map") and (
+        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
+    ):
+        return _safe_format_method(name, obj)
+    if name == "obj" and isinstance(obj, BaseException):
+        raise violation('attribute "obj" of exceptions is not available in the sandbox')
+    if name in policy.ARRAY_DENIED_ATTRIBUTES and isinstance(obj, _ARRAY_TYPES):
+        raise violation(f'array attribute "{name}" is not available in the sandbox')
+    if default is _MISSING:
+        return getattr(obj, name)
+    return getattr(obj, name, default)
+
+
+def guarded_hasattr(obj: Any, name: Any) -> bool:
+    try:
+        guarded_getattr(obj, name)
+    except Interrupt:
+        return False
+    except Exception:
+        return False
+    return True
+
+
+def safe_type(obj: Any) -> type:
+    """One-argument ``type()``: scripts may inspect, not create, types."""
+    return type(obj)
+
+
+class ScriptTypes:
+    """Per-call record of the classes the script defined: only those (and their
+    instances, and the script's own functions) accept attribute writes."""
+
+    __slots__ = ("classes", "globals")
+
+    def __init__(self, task_globals: dict[str, Any]):
+        self.classes: set[type] = set()
+        self.globals = task_globals
+
+    def metaclass(self, name: str, bases: tuple[type, ...], ns: dict[str, Any], **kw: Any) -> type:
+        meta: type = type
+        for base in bases:
+            base_meta = type(base)
+            if issubclass(meta, base_meta):
+                continue
+            if issubclass(base_meta, meta):
+                meta = base_meta
+                continue
+            raise TypeError("metaclass conflict among the bases of " + name)
+        cls = meta(name, bases, ns, **kw)
+        self.classes.add(cls)
+        return cls
+
+    def write(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls in self.classes:
+            return obj
+        if isinstance(obj, type) and obj in self.classes:
+            return obj
+        if cls is types.FunctionType and obj.__globals__ is self.globals:
+            return obj
+        raise violation(f"cannot set attributes on {cls.__name__} objects")

@@ -1,0 +1,212 @@
+"""Run one call of a verified task: fresh globals, guarded builtins, the boundary.
+
+Isolation between calls is by construction: the module code object is
+executed again for every call into a brand-new globals dict (about 10 us for
+a typical script), so nothing one call writes - module state, class
+attributes, caches - is visible to another call or thread.  Facades are
+shared but immutable.
+
+Errors leave here already public: ``Interrupt`` becomes ``TaskTimeout`` /
+``TaskCancelled`` / ``SandboxViolation`` / ``ResourceLimitExceeded``; anything
+else the script raised becomes ``TaskError`` carrying a traceback in script
+line numbers only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import time
+import traceback
+from types import CodeType
+from typing import Any, Callable, Mapping
+
+from ..errors import (
+    ResourceLimitExceeded,
+    SandboxViolation,
+    TaskCancelled,
+    TaskError,
+    TaskTimeout,
+    VmError,
+)
+from ..scheduler.scope import CallScope, Interrupt
+from . import policy
+from .boundary import BoundaryError, copy_plain
+from .guards import ScriptTypes, guarded_getattr, guarded_hasattr, safe_type, violation
+from .modules import get_facades
+
+MAX_PRINT_BYTES = 64 * 1024
+MAX_MESSAGE_CHARS = 2000
+_HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@ ]+)+[/\\]?")
+
+_BUILTINS_TEMPLATE: dict[str, Any] = {name: getattr(builtins, name) for name in policy.PLAIN_BUILTINS}
+_BUILTINS_TEMPLATE.update(
+    getattr=guarded_getattr,
+    hasattr=guarded_hasattr,
+    type=safe_type,
+    format=format,
+    __build_class__=builtins.__build_class__,  # the class statement; scripts cannot name it
+)
+
+
+def scrub(text: str) -> str:
+    """Truncate and strip absolute host paths from a message that leaves the sandbox."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + "...[truncated]"
+    return _HOST_PATH.sub("<path>", text)
+
+
+def safe_str(exc: BaseException) -> str:
+    try:
+        return scrub(str(exc))
+    except BaseException:  # a pathological __str__ path (deep args, huge data)
+        return "<unprintable message>"
+
+
+class PrintCapture:
+    """``print`` for scripts: captured per call, capped in bytes."""
+
+    __slots__ = ("parts", "size", "dropped")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = False
+
+    def __call__(self, *args: Any, sep: str | None = " ", end: str | None = "\n") -> None:
+        text = (" " if sep is None else str(sep)).join(str(a) for a in args) + (
+            "\n" if end is None else str(end)
+        )
+        room = MAX_PRINT_BYTES - self.size
+        if room <= 0:
+            self.dropped = True
+            return
+        if len(text) > room:
+            text = text[:room]
+            self.dropped = True
+        self.parts.append(text)
+        self.size += len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts) + ("\n[print output truncated]\n" if self.dropped else "")
+
+
+class TaskProgram:
+    """One loaded release of a task: verified code plus what each call needs."""
+
+    def __init__(
+        self,
+        code: CodeType,
+        *,
+        name: str,
+        release: int,
+        entry: str = "main",
+        vm_factory: Callable[[CallScope], Any] | None = None,
+    ):
+        self.code = code
+        self.name = name
+        self.release = release
+        self.entry = entry
+        self.filename = code.co_filename
+        self._vm_factory = vm_factory
+        self._facades: Mapping[str, Any] = get_facades()
+        self._base_globals: dict[str, Any] = {
+            "__name__": f"task.{name}",
+            policy.CLOCK: time.monotonic,
+            policy.GETATTR: guarded_getattr,
+        }
+
+    # -- per-call environment ----------------------------------------------------
+
+    def _importer(self, scope: CallScope) -> Callable[..., Any]:
+        facades = self._facades
+        vm_factory = self._vm_factory
+        vm_module: list[Any] = []
+
+        def vm_import(name: str, globals: Any = None, locals: Any = None,
+                      fromlist: Any = (), level: int = 0) -> Any:
+            if level:
+                raise violation("relative imports are not allowed")
+            if name == "vm":
+                if vm_factory is None:
+                    raise violation('module "vm" is not available here')
+                if not vm_module:
+                    vm_module.append(vm_factory(scope))
+                return vm_module[0]
+            key = name if fromlist else name.split(".", 1)[0]
+            try:
+                return facades[key]
+            except KeyError:
+                raise violation(f'import of "{name}" is not allowed') from None
+
+        return vm_import
+
+    def new_globals(self, scope: CallScope, output: PrintCapture) -> dict[str, Any]:
+        g = dict(self._base_globals)
+        b = dict(_BUILTINS_TEMPLATE)
+        b["__import__"] = self._importer(scope)
+        b["print"] = output
+        g["__builtins__"] = b
+        types_ = ScriptTypes(g)
+        g[policy.WRITE] = types_.write
+        g[policy.METACLASS] = types_.metaclass
+        g[policy.EXPIRED] = scope.expired
+        scope.bind(g)
+        return g
+
+    # -- one call -------------------------------------------------------------------
+
+    def call(self, inputs: Any, scope: CallScope) -> tuple[Any, str]:
+        """Run the entry point on (already copied) ``inputs``; return (result, printed)."""
+        output = PrintCapture()
+        try:
+            scope.check()
+            g = self.new_globals(scope, output)
+            exec(self.code, g)
+            entry = g.get(self.entry)
+            if not callable(entry):
+                raise TaskError(f'entry function "{self.entry}" is not defined', exc_type="NameError")
+            raw = entry(inputs)
+            scope.check()  # a swallowed interrupt (return in finally) still times out
+            try:
+                result = copy_plain(raw)
+            except (BoundaryError, TypeError) as exc:
+                raise TaskError(f"task returned an unsupported result: {exc}",
+                                exc_type="ResultError") from None
+            scope.check()
+            return result, output.text()
+        except Interrupt as intr:
+            raise _public_interrupt(intr) from None
+        except TaskError:
+            raise
+        except VmError as exc:  # re-created: no script frames or objects leave with it
+            raise type(exc)(safe_str(exc)) from None
+        except MemoryError:
+            raise ResourceLimitExceeded("the task ran out of memory") from None
+        except BaseException as exc:  # SystemExit and friends never pass the boundary
+            raise TaskError(
+                f"{type(exc).__name__}: {safe_str(exc)}",
+                exc_type=type(exc).__name__,
+                script_traceback=self._script_traceback(exc),
+            ) from None
+
+    def _script_traceback(self, exc: BaseException) -> str:
+        frames = [
+            f'  File "{fs.filename}", line {fs.lineno}, in {fs.name}'
+            for fs in traceback.extract_tb(exc.__traceback__)
+            if fs.filename == self.filename
+        ]
+        return "Traceback (most recent call last):\n" + "\n".join(frames) + (
+            f"\n{type(exc).__name__}: {safe_str(exc)}"
+        )
+
+
+def _public_interrupt(intr: Interrupt) -> VmError:
+    kind = intr.kind
+    if kind == "timeout":
+        return TaskTimeout(intr.message)
+    if kind == "cancelled":
+        return TaskCancelled(intr.message)
+    if kind == "limit":
+        return ResourceLimitExceeded(intr.message)
+    return SandboxViolation(scrub(intr.message))

@@ -1,0 +1,237 @@
+"""The task compiler's AST transformer: RestrictedPython's checks, our policy, our speed.
+
+``TaskTransformer`` subclasses RestrictedPython's ``RestrictingNodeTransformer``
+so every name check, the ``except*`` / ``match`` / async bans and the
+reject-unknown-nodes default stay in force.  On top of it, one ``visit_*`` per
+node we decide differently:
+
+* attribute loads with a static name are plain unless the name is guarded
+  (``policy.GUARDED_ATTRIBUTES``); denied names are compile errors;
+* attribute writes go through ``_vm_write_`` (only the script's own classes and
+  instances are writable); subscripts, iteration and unpacking are plain -
+  everything a script can reach is its own data or an immutable facade;
+* ordinary engineer code that stock RestrictedPython rejects is allowed:
+  augmented assignment on items and attributes, annotated assignment,
+  ``nonlocal``; a bare ``except:`` becomes ``except Exception:`` so the
+  container's interrupt cannot be swallowed;
+* imports are checked against the module allowlist at compile time;
+* deadline checkpoints go at every function entry, loop body and
+  comprehension filter: ``if _vm_clock_() > _vm_deadline_: _vm_expired_()``.
+  The task checks its own clock, so a timeout lands within microseconds of
+  the deadline without any other thread needing the GIL.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
+
+from ..errors import Diagnostic
+from . import policy
+
+
+def _name(id_: str) -> ast.Name:
+    return ast.Name(id=id_, ctx=ast.Load())
+
+
+def _call(func: str, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=_name(func), args=list(args), keywords=[])
+
+
+def _deadline_passed() -> ast.Compare:
+    return ast.Compare(left=_call(policy.CLOCK), ops=[ast.Gt()], comparators=[_name(policy.DEADLINE)])
+
+
+def _locate(node: ast.AST, at: ast.AST) -> None:
+    """Give a generated subtree the source position of ``at`` (for tracebacks)."""
+    for sub in ast.walk(node):
+        if "lineno" in sub._attributes:
+            copy_locations(sub, at)
+
+
+def checkpoint_stmt(at: ast.AST) -> ast.If:
+    """``if _vm_clock_() > _vm_deadline_: _vm_expired_()``, located at ``at``."""
+    stmt = ast.If(test=_deadline_passed(), body=[ast.Expr(_call(policy.EXPIRED))], orelse=[])
+    _locate(stmt, at)
+    return stmt
+
+
+def checkpoint_expr(at: ast.AST) -> ast.expr:
+    """An always-true comprehension filter that checks the deadline."""
+    # (_vm_clock_() <= _vm_deadline_ or _vm_expired_())
+    expr = ast.BoolOp(
+        op=ast.Or(),
+        values=[
+            ast.Compare(left=_call(policy.CLOCK), ops=[ast.LtE()], comparators=[_name(policy.DEADLINE)]),
+            _call(policy.EXPIRED),
+        ],
+    )
+    _locate(expr, at)
+    return expr
+
+
+def _is_super_call(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "super"
+    )
+
+
+def _module_allowed(name: str) -> bool:
+    return name in policy.ALLOWED_MODULES or name in {"numpy.linalg", "numpy.random"}
+
+
+class TaskTransformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer with the vmcontainer policy applied."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__(errors=[], warnings=[], used_names={})
+        self.filename = filename
+        self.diagnostics: list[Diagnostic] = []
+
+    # -- diagnostics ---------------------------------------------------------
+
+    def error(self, node: ast.AST, info: str) -> None:
+        line = getattr(node, "lineno", 0) or 0
+        col = (getattr(node, "col_offset", 0) or 0) + 1
+        self.diagnostics.append(Diagnostic(self.filename, line, col, info))
+        self.errors.append(f"Line {line}: {info}")
+
+    # -- print is a plain (captured, capped) builtin, not RP's collector ------
+
+    def inject_print_collector(self, node, position=0):  # type: ignore[no-untyped-def]
+        return None
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if isinstance(node.ctx, ast.Load) and node.id in ("print", "printed"):
+            if node.id == "printed":
+                self.error(node, '"printed" is not supported; print output is captured by the container')
+            return node
+        self.check_name(node, node.id)
+        return node
+
+    # -- attributes ----------------------------------------------------------
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        attr = node.attr
+        if attr == "__init__" and _is_super_call(node.value):
+            pass  # super().__init__(...): the parent's initializer on the script's own object
+        elif attr.startswith("_") and attr != "_":
+            self.error(node, f'"{attr}" is an invalid attribute name because it starts with "_".')
+        elif attr.endswith("__roles__"):
+            self.error(node, f'"{attr}" is an invalid attribute name.')
+        elif attr in policy.DENIED_ATTRIBUTES:
+            self.error(node, f'attribute "{attr}" is not available in the sandbox.')
+        node = self.node_contents_visit(node)
+        if isinstance(node.ctx, ast.Load):
+            if attr in policy.GUARDED_ATTRIBUTES:
+                guarded = _call(policy.GETATTR, node.value, ast.Constant(attr))
+                for sub in (guarded, guarded.func, guarded.args[1]):
+                    copy_locations(sub, node)
+                return guarded
+            return node
+        wrapped = _call(policy.WRITE, node.value)
+        copy_locations(wrapped, node.value)
+        copy_locations(wrapped.func, node.value)
+        node.value = wrapped
+        return node
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        return self.node_contents_visit(node)
+
+    # -- assignment ----------------------------------------------------------
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        return self.node_contents_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        # The target's own visit wraps attribute targets in _vm_write_.
+        return self.node_contents_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        return self.node_contents_visit(node)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> ast.AST:
+        for name in node.names:
+            self.check_name(node, name)
+        return self.node_contents_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> ast.AST:
+        for name in node.names:
+            self.check_name(node, name)
+        return self.node_contents_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in ("exec", "eval"):
+            self.error(node, f"{node.func.id}() is not available in the sandbox.")
+        return self.node_contents_visit(node)
+
+    # -- loops and functions get deadline checkpoints -------------------------
+
+    def guard_iter(self, node):  # type: ignore[no-untyped-def]
+        node = self.node_contents_visit(node)
+        if isinstance(node, ast.comprehension):
+            node.ifs.insert(0, checkpoint_expr(node.iter))
+        else:
+            node.body.insert(0, checkpoint_stmt(node))
+        return node
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node = self.node_contents_visit(node)
+        node.body.insert(0, checkpoint_stmt(node))
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node = super().visit_FunctionDef(node)
+        body = node.body
+        has_doc = (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        )
+        body.insert(1 if has_doc else 0, checkpoint_stmt(node))
+        return node
+
+    # -- exceptions ----------------------------------------------------------
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        node = self.node_contents_visit(node)
+        self.check_name(node, node.name)
+        if node.type is None:
+            node.type = _name("Exception")
+            _locate(node.type, node)
+        return node
+
+    # -- imports -------------------------------------------------------------
+
+    def visit_Import(self, node: ast.Import) -> ast.AST:
+        for alias in node.names:
+            if not _module_allowed(alias.name):
+                self.error(node, f'import of "{alias.name}" is not allowed (allowed: '
+                           f'{", ".join(sorted(policy.ALLOWED_MODULES))}).')
+        return self.check_import_names(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
+        if node.level:
+            self.error(node, "relative imports are not allowed.")
+        elif not _module_allowed(node.module or ""):
+            self.error(node, f'import from "{node.module}" is not allowed.')
+        return self.check_import_names(node)
+
+    # -- classes -------------------------------------------------------------
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        """Route class creation through ``__metaclass__`` so the runtime knows the
+        script's own classes (only those are writable)."""
+        self.check_name(node, node.name)
+        node = self.node_contents_visit(node)
+        if any(k.arg == "metaclass" for k in node.keywords):
+            self.error(node, 'The keyword argument "metaclass" is not allowed.')
+        meta = ast.keyword(arg="metaclass", value=_name(policy.METACLASS))
+        _locate(meta, node)
+        node.keywords.append(meta)
+        return node

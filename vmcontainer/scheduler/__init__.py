@@ -1,0 +1,1 @@
+"""Scheduling: call scopes (deadlines, cancellation) and the worker pool."""
