@@ -36,6 +36,11 @@ from .guards import ScriptTypes, guarded_getattr, guarded_hasattr, safe_type, vi
 from .modules import get_facades
 
 MAX_PRINT_BYTES = 64 * 1024
+_SCOPE = "_vm_scope_"
+# Modules that C code running under a script frame may import for its own use.
+_C_INTERNAL_IMPORTS = frozenset({"time", "_strptime", "locale", "calendar", "encodings",
+                                 "codecs", "unicodedata", "copyreg", "_datetime"})
+_VM = "_vm_module_"
 MAX_MESSAGE_CHARS = 2000
 _HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@ ]+)+[/\\]?")
 
@@ -110,7 +115,9 @@ class TaskProgram:
         self.filename = code.co_filename
         self._vm_factory = vm_factory
         self._facades: Mapping[str, Any] = get_facades()
+        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import)
         self._base_globals: dict[str, Any] = {
+            "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
             "__name__": f"task.{name}",
             policy.CLOCK: time.monotonic,
             policy.GETATTR: guarded_getattr,
@@ -118,41 +125,41 @@ class TaskProgram:
 
     # -- per-call environment ----------------------------------------------------
 
-    def _importer(self, scope: CallScope) -> Callable[..., Any]:
-        facades = self._facades
-        vm_factory = self._vm_factory
-        vm_module: list[Any] = []
-
-        def vm_import(name: str, globals: Any = None, locals: Any = None,
-                      fromlist: Any = (), level: int = 0) -> Any:
-            if level:
-                raise violation("relative imports are not allowed")
-            if name == "vm":
-                if vm_factory is None:
-                    raise violation('module "vm" is not available here')
-                if not vm_module:
-                    vm_module.append(vm_factory(scope))
-                return vm_module[0]
-            key = name if fromlist else name.split(".", 1)[0]
-            try:
-                return facades[key]
-            except KeyError:
-                raise violation(f'import of "{name}" is not allowed') from None
-
-        return vm_import
-
     def new_globals(self, scope: CallScope, output: PrintCapture) -> dict[str, Any]:
         g = dict(self._base_globals)
-        b = dict(_BUILTINS_TEMPLATE)
-        b["__import__"] = self._importer(scope)
-        b["print"] = output
-        g["__builtins__"] = b
+        g["print"] = output  # a reserved name: scripts cannot rebind it
         types_ = ScriptTypes(g)
         g[policy.WRITE] = types_.write
         g[policy.METACLASS] = types_.metaclass
         g[policy.EXPIRED] = scope.expired
+        g[_SCOPE] = scope
         scope.bind(g)
         return g
+
+    def _import(self, name: str, globals: Any = None, locals: Any = None,
+                fromlist: Any = (), level: int = 0) -> Any:
+        """``__import__`` for scripts: facades only; ``vm`` is built per call, lazily."""
+        if level:
+            raise violation("relative imports are not allowed")
+        if type(fromlist) is list:
+            # Only C code calls __import__ with a list (PyImport_Import, e.g. strftime
+            # importing "time"); script import statements pass None or a tuple.  The
+            # module goes to that C function, never to the script.
+            if name in _C_INTERNAL_IMPORTS or name.startswith("encodings."):
+                return builtins.__import__(name, None, None, fromlist, 0)
+            raise violation(f'internal import of "{name}" is not allowed')
+        if name == "vm":
+            if self._vm_factory is None or type(globals) is not dict or _SCOPE not in globals:
+                raise violation('module "vm" is not available here')
+            vm = globals.get(_VM)
+            if vm is None:
+                vm = globals[_VM] = self._vm_factory(globals[_SCOPE])
+            return vm
+        key = name if fromlist else name.split(".", 1)[0]
+        try:
+            return self._facades[key]
+        except KeyError:
+            raise violation(f'import of "{name}" is not allowed') from None
 
     # -- one call -------------------------------------------------------------------
 

@@ -30,7 +30,6 @@ class WorkerPool:
             raise ValueError("workers must be >= 1")
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._max_queue = max_queue
-        self._pending = 0
         self._lock = threading.Lock()
         self._closed = False
         self._threads = [
@@ -41,13 +40,11 @@ class WorkerPool:
             t.start()
 
     def submit(self, scope: CallScope, fn: Callable[[], Any]) -> Future:
+        if self._closed:
+            raise RuntimeError("container is closed")
+        if self._queue.qsize() >= self._max_queue:
+            raise QueueFull(f"{self._max_queue} calls already queued")
         fut: Future = Future()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("container is closed")
-            if self._pending >= self._max_queue:
-                raise QueueFull(f"{self._pending} calls already queued")
-            self._pending += 1
         self._queue.put((fut, scope, fn))
         return fut
 
@@ -58,8 +55,6 @@ class WorkerPool:
             if job is None:
                 return
             fut, scope, fn = job
-            with self._lock:
-                self._pending -= 1
             if not fut.set_running_or_notify_cancel():
                 continue
             if scope.cancelled:
