@@ -60,7 +60,18 @@ def pack_task(
         "min_container": min_container,
         "meta": dict(meta or {}),
     }
-    return fmt.Payload(manifest, marshal.dumps(code), blobs)
+    return fmt.Payload(manifest, code_bytes(code), blobs)
+
+
+def code_bytes(code: CodeType) -> bytes:
+    """Marshal ``code`` reproducibly.
+
+    ``marshal`` marks objects whose refcount is above one for back-references,
+    so the same code object can serialise differently depending on what else the
+    process holds.  A load/dump round trip gives a fresh object graph whose
+    refcounts depend only on its own structure: same source, same bytes.
+    """
+    return marshal.dumps(marshal.loads(marshal.dumps(code)))
 
 
 def seal(
