@@ -31,6 +31,9 @@ class BuildOptions:
     models: Mapping[str, bytes] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
     expires_in: float | None = None  # seconds from now; None = no expiry
+    requires: Sequence[str] = ()  # tasks whose results feed this one (task graph)
+    then: Sequence[str] = ()  # tasks run with this one's result after it succeeds
+    warmup: Any = None  # inputs for a dry run at install (preload); None = no dry run
     min_container: str = container_version
 
 
@@ -62,6 +65,9 @@ def build_bundle(
         lane=options.lane,
         models=options.models,
         meta=options.meta,
+        requires=options.requires,
+        then=options.then,
+        warmup=options.warmup,
         min_container=options.min_container,
     )
     return seal(

@@ -64,9 +64,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 raise ValueError(f"--model takes NAME=FILE.onnx, got {spec!r}")
             models[name] = Path(file).read_bytes()
         meta = json.loads(args.meta) if args.meta else {}
+        warmup = json.loads(args.warmup) if args.warmup else None
         options = BuildOptions(name=args.name, release=args.release, entry=args.entry,
                                timeout=args.timeout, lane=args.lane, models=models, meta=meta,
-                               expires_in=args.expires_in)
+                               expires_in=args.expires_in, requires=args.requires,
+                               then=args.then, warmup=warmup)
         bundle = build_bundle(path, options, signers=[Path(k) for k in args.sign],
                               recipients=[Path(k) for k in args.to])
     except CompileError as exc:
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--entry", default="main")
     b.add_argument("--meta", help="free-form JSON object")
     b.add_argument("--expires-in", type=float, default=None, help="seconds of validity")
+    b.add_argument("--requires", action="append", default=[], metavar="TASK",
+                   help="a task whose result feeds this one (repeatable)")
+    b.add_argument("--then", action="append", default=[], metavar="TASK",
+                   help="a task to run with this one's result after success (repeatable)")
+    b.add_argument("--warmup", help="JSON inputs for a dry run at install")
     b.add_argument("-o", "--output", required=True)
     b.set_defaults(func=_cmd_build)
 

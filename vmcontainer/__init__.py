@@ -5,12 +5,15 @@ Public API (see README.md)::
     Container, TaskInfo, DeviceProfile
     errors: VmError, BundleError (+ subclasses), CompileError, SandboxViolation,
             TaskTimeout, TaskCancelled, TaskError, TaskNotFound, ResourceLimitExceeded,
-            ModelError, ModelInputError, InvalidInputs, QueueFull
+            ModelError, ModelInputError, InvalidInputs, QueueFull, CircuitOpen,
+            UpstreamFailed, TaskGraphError
 """
 
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    CircuitOpen,
+    UpstreamFailed,
     BundleDecryptError,
     BundleError,
     BundleExpired,
@@ -36,7 +39,8 @@ from .errors import (  # noqa: E402
 from .container import Container, InvalidInputs  # noqa: E402
 from .inference.profile import DeviceProfile  # noqa: E402
 from .registry import TaskInfo  # noqa: E402
-from .scheduler.pool import QueueFull  # noqa: E402
+from .scheduler.graph import TaskGraphError  # noqa: E402
+from .scheduler.pool import CallFuture, QueueFull  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -66,4 +70,8 @@ __all__ = [
     "ModelInputError",
     "InvalidInputs",
     "QueueFull",
+    "CircuitOpen",
+    "UpstreamFailed",
+    "TaskGraphError",
+    "CallFuture",
 ]

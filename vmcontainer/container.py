@@ -3,36 +3,44 @@
 Workflow::
 
     container = Container(trust=["publisher.pub"], device_key="device.key")
-    container.install(bundle_bytes)          # verify -> decrypt -> load -> publish
+    container.install(bundle_bytes)          # verify -> decrypt -> load -> warm -> publish
     result = container.invoke("ranker", inputs, timeout=0.5)
-    future = container.submit("ranker", inputs)   # concurrent.futures.Future
+    future = container.submit("ranker", inputs)   # concurrent.futures.Future (CallFuture)
+    result = await container.ainvoke("ranker", inputs)
 
-Install runs the verifier's checks in order (``bundle.verifier``), creates the
-release's model sessions, loads the program and only then publishes it
-(``registry``).  Each call copies its inputs at the boundary, gets one
-``CallScope`` (deadline = min(caller timeout or manifest default, container
-maximum), counted from submit, so queue time counts) and runs on a worker
-thread in fresh globals (``sandbox.runtime``).
+Install runs the verifier's checks in order (``bundle.verifier``), checks the
+task graph, creates the release's model sessions, loads the program, warms it
+(module body executed once, optional dry run) and only then publishes it
+(``registry``).  Each call copies its inputs at the boundary, passes its
+task's circuit breaker, gets one ``CallScope`` - deadline = min(caller
+timeout, manifest default, container maximum), counted from submit so queue
+time counts - and runs on its lane (``scheduler.pool``) in fresh globals
+(``sandbox.runtime``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import threading
 import time
-from concurrent.futures import Future
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .bundle.format import DEFAULT_CAPS, SizeCaps
 from .bundle.keys import KeySource, load_device_private, load_publisher_public
 from .bundle.verifier import BundleVerifier
-from .errors import VmError
+from .errors import TaskCancelled, TaskError, UpstreamFailed, VmError
 from .inference.profile import DeviceProfile
 from .inference.sessions import ModelHub
 from .registry import InstalledTask, Registry, TaskInfo
 from .sandbox.boundary import BoundaryError, copy_plain
-from .scheduler.pool import WorkerPool
+from .scheduler.breaker import CircuitBreaker
+from .scheduler.graph import TaskGraphError, check_graph, dependants
+from .scheduler.metrics import Metrics
+from .scheduler.pool import CallFuture, LaneSet
 from .scheduler.scope import CallScope
 
 log = logging.getLogger("vmcontainer")
@@ -48,8 +56,21 @@ def _as_list(value: KeySource | Iterable[KeySource]) -> list[KeySource]:
     return list(value)
 
 
+class GraphFuture(CallFuture):
+    """The future of a task-graph call: cancelling it cancels every link."""
+
+    def __init__(self, scope: CallScope):
+        super().__init__(scope)
+        self.children: list[CallFuture] = []
+
+    def cancel(self) -> bool:
+        for child in list(self.children):
+            child.cancel()
+        return super().cancel()
+
+
 class Container:
-    """A registry of verified tasks and the workers that run them.  Thread-safe."""
+    """A registry of verified tasks and the lanes that run them.  Thread-safe."""
 
     def __init__(
         self,
@@ -57,12 +78,17 @@ class Container:
         device_key: KeySource,
         *,
         workers: int = 2,
+        lanes: dict[str, int] | None = None,
         threshold: int = 1,
         max_timeout: float = 30.0,
         caps: SizeCaps = DEFAULT_CAPS,
         profile: DeviceProfile | None = None,
         max_queue: int = 10_000,
         clock_skew: float = 24 * 3600,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
+        preempt: bool = True,
+        switch_interval: float | None = 0.001,
     ):
         self._verifier = BundleVerifier(
             [load_publisher_public(k) for k in _as_list(trust)],
@@ -75,32 +101,75 @@ class Container:
         self._hub = ModelHub(profile)
         self._registry = Registry()
         self._install_lock = threading.Lock()
-        self._pool = WorkerPool(workers, max_queue=max_queue)
+        threads = {"core": 1, "regular": workers, "low": 1, **(lanes or {})}
+        self._lanes = LaneSet(threads, max_queue=max_queue, preempt=preempt)
+        self._metrics = Metrics()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breaker_args = (breaker_threshold, breaker_cooldown)
+        self._calls: weakref.WeakValueDictionary[int, CallFuture] = weakref.WeakValueDictionary()
         self._closed = False
+        if switch_interval is not None and sys.getswitchinterval() > switch_interval:
+            # Process-wide: bounds how long an app thread waits for the GIL while a
+            # task computes (the default 5 ms would dominate a sub-millisecond call).
+            sys.setswitchinterval(switch_interval)
 
     # -- installing ---------------------------------------------------------------
 
     def install(self, bundle: bytes | str | Path, *, allow_rollback: bool = False) -> TaskInfo:
         """Verify ``bundle`` and make it the task's current release (hot swap).
 
-        Raises a ``BundleError`` subclass naming the failed check; nothing is
-        installed and the running releases are untouched.
+        Raises a ``BundleError`` subclass naming the failed check, ``TaskGraphError``
+        for a missing or cyclic link, or the warm-up's error; in every case nothing
+        is installed and the running releases are untouched.
         """
         data = bundle if isinstance(bundle, (bytes, bytearray)) else Path(bundle).read_bytes()
         with self._install_lock:
             verified = self._verifier.verify(
                 bytes(data), high_water=self._registry.high_water, allow_rollback=allow_rollback
             )
+            m = verified.manifest
+            check_graph(verified.name, m["requires"], m["then"], self._links_of,
+                        self._registry.has)
             task = InstalledTask(verified, self._hub)
+            try:
+                warm_ms = self._warm(task)
+            except BaseException:
+                task.release_models()
+                raise
+            task.info = task.info.with_warmup(warm_ms)
             old = self._registry.publish(task)
+            self._breaker(verified.name).reset()
         if old is not None:
             old.release_models()
         log.info("installed %s release %d", task.info.name, task.info.release,
                  extra={"task": task.info.name, "release": task.info.release})
         return task.info
 
+    def _links_of(self, name: str) -> list[str]:
+        info = self._registry.get(name).info
+        return list(info.requires) + list(info.then)
+
+    def _warm(self, task: InstalledTask) -> float | None:
+        """Load the module once (catching load-time errors before publishing) and,
+        if the manifest asks, make one dry run; return the dry run's milliseconds."""
+        scope = CallScope(min(task.info.timeout, self.max_timeout))
+        task.program.load_check(scope)
+        warmup = task.warmup_inputs
+        if warmup is None:
+            return None
+        upstream = {r: None for r in task.info.requires} if task.info.requires else None
+        start = time.perf_counter()
+        task.program.call(copy_plain(warmup), CallScope(min(task.info.timeout, self.max_timeout)),
+                          upstream)
+        return (time.perf_counter() - start) * 1000
+
     def uninstall(self, name: str) -> None:
         with self._install_lock:
+            self._registry.get(name)
+            users = dependants(name, {t.info.name: self._links_of(t.info.name)
+                                      for t in self._registry.all()})
+            if users:
+                raise TaskGraphError(f"cannot uninstall {name!r}: {', '.join(users)} link to it")
             task = self._registry.remove(name)
         task.release_models()
 
@@ -109,32 +178,183 @@ class Container:
 
     # -- running ------------------------------------------------------------------
 
-    def submit(self, name: str, inputs: Any = None, *, timeout: float | None = None) -> Future:
-        """Queue a call; the returned future resolves to the result or a ``VmError``."""
+    def submit(self, name: str, inputs: Any = None, *, timeout: float | None = None,
+               lane: str | None = None) -> CallFuture:
+        """Queue a call; the future resolves to the result or raises a ``VmError``.
+
+        Raises at once - nothing queued - for ``TaskNotFound``, ``InvalidInputs``,
+        ``CircuitOpen`` and ``QueueFull``.
+        """
         if self._closed:
             raise RuntimeError("container is closed")
-        task = self._registry.get(name)  # fail fast on unknown names
+        task = self._registry.get(name)
         try:
             data = copy_plain(inputs)
         except (BoundaryError, TypeError) as exc:
             raise InvalidInputs(f"inputs for {name!r}: {exc}") from None
-        limit = task.info.timeout if timeout is None else timeout
-        if not limit > 0:
+        if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive")
+        limit = task.info.timeout if timeout is None else min(timeout, task.info.timeout)
         scope = CallScope(min(limit, self.max_timeout))
-        return self._pool.submit(scope, lambda: self._run(name, data, scope))
+        if task.info.requires:
+            fut: CallFuture = self._submit_graph(task, data, scope, lane)
+        else:
+            fut = self._submit_one(task, data, scope, lane, None)
+        self._calls[scope.call_id] = fut
+        return fut
 
-    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None) -> Any:
+    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
+               lane: str | None = None) -> Any:
         """Run a task and return its result, or raise its error."""
-        return self.submit(name, inputs, timeout=timeout).result()
+        return self.submit(name, inputs, timeout=timeout, lane=lane).result()
 
-    def _run(self, name: str, data: Any, scope: CallScope) -> Any:
-        task: InstalledTask = self._registry.get(name)  # newest release at start
-        result, printed = task.program.call(data, scope)
-        if printed:
-            log.info("%s printed:\n%s", name, printed.rstrip("\n"),
-                     extra={"task": name, "release": task.info.release, "call_id": scope.call_id})
-        return result
+    async def ainvoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
+                      lane: str | None = None) -> Any:
+        """``invoke`` for asyncio hosts: awaits the call without blocking the loop."""
+        return await asyncio.wrap_future(self.submit(name, inputs, timeout=timeout, lane=lane))
+
+    def cancel(self, call_id: int) -> bool:
+        """Cancel a queued or running call by id (``future.call_id``)."""
+        fut = self._calls.get(call_id)
+        return fut.cancel() if fut is not None else False
+
+    def _breaker(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers.setdefault(name, CircuitBreaker(*self._breaker_args))
+        return breaker
+
+    def reset_breaker(self, name: str) -> None:
+        self._breaker(name).reset()
+
+    def _submit_one(self, task: InstalledTask, data: Any, scope: CallScope, lane: str | None,
+                    upstream: dict[str, Any] | None) -> CallFuture:
+        name = task.info.name
+        lane = lane or task.info.lane
+        breaker = self._breaker(name)
+        try:
+            probe = breaker.admit(name)
+        except VmError as exc:
+            self._metrics.reject(name, lane, type(exc).__name__)
+            raise
+
+        def run() -> Any:
+            # Newest release at start: a hot swap never touches a call in flight.
+            current = self._registry.get(name)
+            error: BaseException | None = None
+            try:
+                result, printed = current.program.call(data, scope, upstream)
+                if printed:
+                    log.info("%s printed:\n%s", name, printed.rstrip("\n"), extra={
+                        "task": name, "release": current.info.release, "call_id": scope.call_id})
+                return result
+            except BaseException as exc:
+                error = exc
+                log.debug("%s failed: %s: %s", name, type(exc).__name__, exc, extra={
+                    "task": name, "release": current.info.release, "call_id": scope.call_id})
+                raise
+            finally:
+                breaker.record(None if error is None else type(error).__name__, probe)
+                self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
+                                     scope.model_time, error)
+
+        try:
+            fut = self._lanes.submit(lane, scope, run)
+        except VmError as exc:
+            breaker.record("QueueFull", probe)
+            self._metrics.reject(name, lane, type(exc).__name__)
+            raise
+        if task.info.then:
+            fut.add_done_callback(lambda f: self._run_followups(task, f))
+        return fut
+
+    def _submit_graph(self, task: InstalledTask, data: Any, scope: CallScope,
+                      lane: str | None) -> GraphFuture:
+        """Run the prerequisites (each on its own lane, in parallel), then the task
+        with their results; the whole call shares one deadline."""
+        parent = GraphFuture(scope)
+        parent.set_running_or_notify_cancel()
+        requires = list(task.info.requires)
+        results: dict[str, Any] = {}
+        lock = threading.Lock()
+        pending = [len(requires)]
+
+        def link_done(link: str, fut: CallFuture) -> None:
+            if parent.done():
+                return
+            try:
+                value = fut.result()
+            except BaseException as exc:
+                for other in parent.children:
+                    other.cancel()
+                _resolve(parent, exc=UpstreamFailed(
+                    f"prerequisite {link!r} of {task.info.name!r} failed: {type(exc).__name__}: {exc}",
+                    task=link, cause=exc))
+                return
+            with lock:
+                results[link] = value
+                pending[0] -= 1
+                ready = pending[0] == 0
+            if ready:
+                start_final()
+
+        def start_final() -> None:
+            if scope.cancelled:
+                _resolve(parent, exc=UpstreamFailed("call cancelled", task=task.info.name))
+                return
+            try:
+                child = self._submit_one(task, data, self._child_scope(scope), lane, dict(results))
+            except BaseException as exc:
+                _resolve(parent, exc=exc)
+                return
+            parent.children.append(child)
+            child.add_done_callback(lambda f: _resolve(parent, source=f))
+
+        for link in requires:
+            try:
+                prereq = self._registry.get(link)
+                child = (self._submit_graph(prereq, data, self._child_scope(scope), None)
+                         if prereq.info.requires else
+                         self._submit_one(prereq, data, self._child_scope(scope), None, None))
+            except BaseException as exc:
+                fut_err: CallFuture = CallFuture(scope)
+                fut_err.set_exception(exc)
+                link_done(link, fut_err)
+                break
+            parent.children.append(child)
+            child.add_done_callback(lambda f, link=link: link_done(link, f))
+        return parent
+
+    @staticmethod
+    def _child_scope(parent: CallScope) -> CallScope:
+        return CallScope(max(0.0, parent.deadline - time.monotonic()))
+
+    def _run_followups(self, task: InstalledTask, fut: CallFuture) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        for name in task.info.then:
+            try:
+                self.submit(name, fut.result())
+            except VmError as exc:
+                log.warning("follow-up %s of %s not started: %s", name, task.info.name, exc,
+                            extra={"task": name, "call_id": fut.call_id})
+
+    # -- observability -------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """Per task and per lane: calls, successes, failures by type, timeouts,
+        latency p50/p90/p99, time in model vs script, breaker state, queue depth."""
+        snap = self._metrics.snapshot()
+        for name, breaker in list(self._breakers.items()):
+            snap["tasks"].setdefault(name, {})["breaker"] = breaker.snapshot()
+        depths, running = self._lanes.depths(), self._lanes.running()
+        for lane in depths:
+            entry = snap["lanes"].setdefault(lane, {})
+            entry["queue_depth"] = depths[lane]
+            entry["running"] = running[lane]
+        snap["installed"] = {t.name: t.release for t in self.tasks()}
+        snap["models_loaded"] = self._hub.loaded()
+        return snap
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -142,7 +362,7 @@ class Container:
         if self._closed:
             return
         self._closed = True
-        self._pool.close()
+        self._lanes.close()
         self._hub.close()
 
     def __enter__(self) -> "Container":
@@ -150,3 +370,22 @@ class Container:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resolve(fut: CallFuture, *, exc: BaseException | None = None,
+             source: CallFuture | None = None) -> None:
+    """Settle a graph future once, from an error or from its final link."""
+    if fut.done():
+        return
+    try:
+        if source is not None:
+            if source.cancelled():
+                fut.set_exception(TaskCancelled("call cancelled"))
+            elif source.exception() is not None:
+                fut.set_exception(source.exception())
+            else:
+                fut.set_result(source.result())
+        else:
+            fut.set_exception(exc if exc is not None else TaskError("graph call failed"))
+    except Exception:  # already settled by a racing link (InvalidStateError)
+        pass

@@ -7,6 +7,7 @@ travel into logs and crash reports that leave the device.
 
 from __future__ import annotations
 
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 
@@ -96,8 +97,22 @@ class TaskTimeout(VmError):
     """The call's deadline passed before the task finished."""
 
 
-class TaskCancelled(VmError):
-    """The call was cancelled before or while it ran."""
+class TaskCancelled(VmError, CancelledError):
+    """The call was cancelled before or while it ran (also a
+    ``concurrent.futures.CancelledError``)."""
+
+
+class CircuitOpen(VmError):
+    """The task's circuit breaker is open after repeated failures; the call was not run."""
+
+
+class UpstreamFailed(VmError):
+    """A prerequisite task of a task graph failed; ``task`` names the failing link."""
+
+    def __init__(self, message: str, *, task: str = "", cause: BaseException | None = None):
+        super().__init__(message)
+        self.task = task
+        self.cause = cause
 
 
 class ResourceLimitExceeded(VmError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .bundle.verifier import VerifiedBundle
@@ -36,6 +36,12 @@ class TaskInfo:
     signers: tuple[str, ...]
     installed_at: float
     meta: dict[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    then: tuple[str, ...] = ()
+    warmup_ms: float | None = None  # the install-time dry run (first call), if any
+
+    def with_warmup(self, ms: float | None) -> "TaskInfo":
+        return replace(self, warmup_ms=ms)
 
 
 class VmModule:
@@ -102,7 +108,10 @@ class InstalledTask:
             signers=verified.signers,
             installed_at=time.time(),
             meta=dict(m["meta"]),
+            requires=tuple(m["requires"]),
+            then=tuple(m["then"]),
         )
+        self.warmup_inputs = m["warmup"]
         self.program = TaskProgram(
             verified.code,
             name=verified.name,
@@ -132,6 +141,9 @@ class Registry:
         if task is None:
             raise TaskNotFound(f"no task named {name!r} is installed")
         return task
+
+    def has(self, name: str) -> bool:
+        return name in self._tasks
 
     def high_water(self, name: str) -> int | None:
         return self._high_water.get(name)

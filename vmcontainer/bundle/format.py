@@ -269,6 +269,9 @@ MANIFEST_FIELDS = {
     "lane": str,
     "models": dict,
     "triggers": list,
+    "requires": list,
+    "then": list,
+    "warmup": (dict, list, str, int, float, bool, type(None)),
     "min_container": str,
     "meta": dict,
 }
@@ -288,6 +291,9 @@ def parse_payload(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> Payload:
         raise BundleMalformed(f"unknown lane {manifest['lane']!r}")
     if not manifest["timeout"] > 0:
         raise BundleMalformed("manifest timeout must be positive")
+    for key in ("requires", "then"):
+        if not all(isinstance(n, str) and n for n in manifest[key]):
+            raise BundleMalformed(f"manifest {key!r} must list task names")
     code_len = r.u32("code length")
     if code_len > caps.code:
         raise BundleTooLarge("code over its cap")

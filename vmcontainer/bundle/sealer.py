@@ -39,6 +39,9 @@ def pack_task(
     lane: str = "regular",
     models: Mapping[str, bytes] | None = None,
     meta: Mapping[str, Any] | None = None,
+    requires: Sequence[str] = (),
+    then: Sequence[str] = (),
+    warmup: Any = None,
     min_container: str = container_version,
 ) -> fmt.Payload:
     """The plaintext payload: manifest + marshalled code + model blobs."""
@@ -57,6 +60,9 @@ def pack_task(
         "lane": lane,
         "models": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(blobs.items())},
         "triggers": [],
+        "requires": list(requires),
+        "then": list(then),
+        "warmup": warmup,
         "min_container": min_container,
         "meta": dict(meta or {}),
     }

@@ -10,6 +10,7 @@ task references it.  Scripts get a ``ModelHandle``: names, dtypes, shapes,
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,15 +104,18 @@ class LoadedModel:
         ro = ort.RunOptions()
         ro.log_severity_level = 4
         scope.attach_run(ro)
-        watchdog.watch(scope)
+        if scope.should_watch():
+            watchdog.watch(scope)
+        start = time.perf_counter()
         try:
             results = self.session.run(self._output_names, checked, ro)
         except Exception as exc:
             if ro.terminate:
-                scope.expired()
-                raise Interrupt("timeout", "model run terminated")  # pragma: no cover
+                scope.check()  # raises the timeout or cancellation that terminated it
+                raise Interrupt("timeout", "model run terminated") from None
             raise ModelError(f"model {model_name!r} failed: {str(exc)[:300]}") from None
         finally:
+            scope.model_time += time.perf_counter() - start
             scope.detach_run(ro)
         return dict(zip(self._output_names, results))
 

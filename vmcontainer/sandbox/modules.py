@@ -122,6 +122,7 @@ __all__ = [
     "MAX_COUNT_ARGUMENT",
     "MAX_RANDOM_BYTES",
     "MAX_SEQUENCE_ITEMS",
+    "MAX_SPLIT_SECTIONS",
     "get_facades",
 ]
 
@@ -136,6 +137,9 @@ MAX_RANDOM_BYTES = 1 << 24
 
 MAX_SEQUENCE_ITEMS = MAX_ARRAY_ELEMENTS
 """Largest list a single random.choices/sample or statistics.quantiles call may build."""
+
+MAX_SPLIT_SECTIONS = 1_000_000
+"""Largest section count for numpy.split/array_split (each section is a new array object)."""
 
 
 # --- shared helpers ------------------------------------------------------------------
@@ -679,7 +683,7 @@ _NP_DTYPE_POSITION: dict[str, int | None] = {
     "ptp": None,
     # shape manipulation, joining, splitting
     "reshape": None, "ravel": None, "concatenate": None, "stack": None, "vstack": None,
-    "hstack": None, "column_stack": None, "split": None, "array_split": None,
+    "hstack": None, "column_stack": None,
     "expand_dims": None, "squeeze": None, "transpose": None, "swapaxes": None,
     "moveaxis": None, "flip": None, "fliplr": None, "flipud": None, "rot90": None,
     "roll": None, "atleast_1d": None, "atleast_2d": None, "atleast_3d": None,
@@ -970,7 +974,22 @@ def _numpy_constructors() -> dict[str, Any]:
         _check_elements(n * n, "corrcoef")
         return _numeric(np.corrcoef(x, y, rowvar, dtype=dt), "corrcoef")
 
-    fns = [array, asarray, copy, zeros, ones, full, zeros_like, ones_like, full_like, arange,
+    def _sections(indices_or_sections, where):
+        try:
+            n = operator.index(indices_or_sections)
+        except TypeError:
+            return  # explicit split points: the script already built that many
+        _limit(n, MAX_SPLIT_SECTIONS, f"numpy.{where} sections")
+
+    def split(ary, indices_or_sections, axis=0):
+        _sections(indices_or_sections, "split")
+        return _numeric(np.split(ary, indices_or_sections, axis), "split")
+
+    def array_split(ary, indices_or_sections, axis=0):
+        _sections(indices_or_sections, "array_split")
+        return _numeric(np.array_split(ary, indices_or_sections, axis), "array_split")
+
+    fns = [array, asarray, copy, split, array_split, zeros, ones, full, zeros_like, ones_like, full_like, arange,
            linspace, logspace, geomspace, eye, identity, tile, repeat, broadcast_to, outer,
            meshgrid, pad, histogram, bincount, isin, diag, cov, corrcoef]
     members = {fn.__name__: _named(fn, fn.__name__, "numpy", getattr(np, fn.__name__).__doc__)
@@ -1130,7 +1149,33 @@ _lock = threading.Lock()
 _facades: Mapping[str, Facade] | None = None
 
 
+def _prime_numpy_lazy_imports() -> None:
+    """Have numpy's C code import its Python helpers now, from this (host) frame.
+
+    Some C methods (``ndarray.sum/mean/std/any/clip``, scalar and dtype ``repr``,
+    raising ``AxisError``) import a helper module the first time they run.  They
+    import through the *calling frame's* ``__import__`` (CPython #130272).  Under
+    a script frame that is the sandbox's import, which refuses ``numpy._core.*``.
+    numpy keeps each helper once it has it, so doing this once per process is
+    enough.
+    """
+    for arr in (np.arange(4.0), np.arange(4), np.ones(2, dtype=bool), np.ones(2, dtype=complex)):
+        for method in ("sum", "prod", "mean", "std", "var", "max", "min", "any", "all",
+                       "cumsum", "cumprod", "argmax", "argmin", "round", "nonzero", "tolist"):
+            getattr(arr, method)()
+        arr.clip(0, 1)
+        repr(arr), str(arr), repr(arr.dtype), str(arr.dtype), repr(arr[0]), str(arr[0])
+        format(arr[0], "")
+        try:
+            arr.sum(axis=3)
+        except (ValueError, IndexError):  # numpy's AxisError derives from both
+            pass
+    for scalar_type in (np.float16, np.float32, np.int8, np.uint64, np.complex64):
+        repr(scalar_type(1)), str(scalar_type(1))
+
+
 def _build() -> Mapping[str, Facade]:
+    _prime_numpy_lazy_imports()
     numpy_facade, linalg, nprandom = _numpy()
     built = {
         "math": _math(), "json": _json(), "collections": _collections(),

@@ -131,7 +131,7 @@ class TaskProgram:
         types_ = ScriptTypes(g)
         g[policy.WRITE] = types_.write
         g[policy.METACLASS] = types_.metaclass
-        g[policy.EXPIRED] = scope.expired
+        g[policy.EXPIRED] = scope.checkpoint
         g[_SCOPE] = scope
         scope.bind(g)
         return g
@@ -161,19 +161,26 @@ class TaskProgram:
         except KeyError:
             raise violation(f'import of "{name}" is not allowed') from None
 
+    def load_check(self, scope: CallScope) -> None:
+        """Execute the module body once, so a release whose top level fails is
+        refused at install instead of failing every call."""
+        self._guarded(scope, PrintCapture(), lambda g: None)
+
     # -- one call -------------------------------------------------------------------
 
-    def call(self, inputs: Any, scope: CallScope) -> tuple[Any, str]:
-        """Run the entry point on (already copied) ``inputs``; return (result, printed)."""
+    def call(self, inputs: Any, scope: CallScope, upstream: dict[str, Any] | None = None) -> tuple[Any, str]:
+        """Run the entry point on (already copied) ``inputs``; return (result, printed).
+
+        A task with prerequisites is called as ``main(inputs, upstream)`` where
+        ``upstream`` maps each prerequisite's name to its (copied) result.
+        """
         output = PrintCapture()
-        try:
-            scope.check()
-            g = self.new_globals(scope, output)
-            exec(self.code, g)
+
+        def run_entry(g: dict[str, Any]) -> Any:
             entry = g.get(self.entry)
             if not callable(entry):
                 raise TaskError(f'entry function "{self.entry}" is not defined', exc_type="NameError")
-            raw = entry(inputs)
+            raw = entry(inputs) if upstream is None else entry(inputs, upstream)
             scope.check()  # a swallowed interrupt (return in finally) still times out
             try:
                 result = copy_plain(raw)
@@ -181,7 +188,18 @@ class TaskProgram:
                 raise TaskError(f"task returned an unsupported result: {exc}",
                                 exc_type="ResultError") from None
             scope.check()
-            return result, output.text()
+            return result
+
+        return self._guarded(scope, output, run_entry), output.text()
+
+    def _guarded(self, scope: CallScope, output: PrintCapture,
+                 body: Callable[[dict[str, Any]], Any]) -> Any:
+        """Execute the module in fresh globals, then ``body``; make every error public."""
+        try:
+            scope.check()
+            g = self.new_globals(scope, output)
+            exec(self.code, g)
+            return body(g)
         except Interrupt as intr:
             raise _public_interrupt(intr) from None
         except TaskError:

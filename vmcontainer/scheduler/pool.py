@@ -1,10 +1,16 @@
-"""Worker threads behind a ``concurrent.futures.Future`` contract.
+"""Priority lanes of worker threads behind a ``concurrent.futures.Future`` contract.
 
-A hand-off through ``SimpleQueue`` to long-lived workers is the cheapest
-cross-thread path measured here (about half of ``ThreadPoolExecutor``).  Each
-job carries its ``CallScope``: a call whose deadline passes while it waits in
-the queue fails with ``TaskTimeout`` without running; a call cancelled while
-queued never starts.
+Three lanes - core, regular, low - each with its own threads and its own
+bounded queue (``QueueFull`` when full: never unbounded memory).  Threads do
+not give priority under the GIL, so the core lane also *preempts*: while any
+core call is queued or running, the lower lanes' gates are shut and their
+running calls park at their next checkpoint (``CallScope.request_yield``),
+handing the GIL to the core call within microseconds instead of a switch
+interval.  Calls whose deadline passes in the queue fail without running;
+calls cancelled in the queue never start.
+
+Hand-off is a ``SimpleQueue`` to long-lived threads: the cheapest cross-thread
+path measured here, about half of ``ThreadPoolExecutor``.
 """
 
 from __future__ import annotations
@@ -12,40 +18,77 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import TaskCancelled, TaskTimeout, VmError
 from .scope import CallScope
 
-Job = tuple[Future, CallScope, Callable[[], Any]]
+LANES = ("core", "regular", "low")
 
 
 class QueueFull(VmError):
-    """The pool's queue is at its bound; the call was not accepted."""
+    """The lane's queue is at its bound; the call was not accepted."""
 
 
-class WorkerPool:
-    def __init__(self, workers: int = 2, *, name: str = "vm-worker", max_queue: int = 10_000):
-        if workers < 1:
-            raise ValueError("workers must be >= 1")
+class CallFuture(Future):
+    """A ``Future`` that knows its call and can stop it while it runs.
+
+    ``cancel()`` on a pending call behaves as usual.  On a running call it
+    cancels the call's scope - the task stops at its next checkpoint (a running
+    inference is terminated) and the future resolves with ``TaskCancelled``,
+    which is also a ``concurrent.futures.CancelledError`` - and returns True.
+    """
+
+    def __init__(self, scope: CallScope):
+        super().__init__()
+        self.scope = scope
+        self.call_id = scope.call_id
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            self.scope.cancel()
+            return True
+        if self.done():
+            return False
+        self.scope.cancel()
+        return True
+
+
+Job = tuple[CallFuture, Callable[[], Any]]
+
+
+class Lane:
+    def __init__(self, name: str, threads: int, max_queue: int,
+                 on_enqueue: Callable[["Lane"], None], on_done: Callable[["Lane"], None]):
+        if threads < 1:
+            raise ValueError(f"lane {name!r} needs at least one thread")
+        self.name = name
+        self.max_queue = max_queue
+        self.gate = threading.Event()
+        self.gate.set()
+        self.running: set[CallScope] = set()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._max_queue = max_queue
-        self._lock = threading.Lock()
+        self._on_enqueue = on_enqueue
+        self._on_done = on_done
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-            for i in range(workers)
+            threading.Thread(target=self._work, name=f"vm-{name}-{i}", daemon=True)
+            for i in range(threads)
         ]
         for t in self._threads:
             t.start()
 
-    def submit(self, scope: CallScope, fn: Callable[[], Any]) -> Future:
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, scope: CallScope, fn: Callable[[], Any]) -> CallFuture:
         if self._closed:
             raise RuntimeError("container is closed")
-        if self._queue.qsize() >= self._max_queue:
-            raise QueueFull(f"{self._max_queue} calls already queued")
-        fut: Future = Future()
-        self._queue.put((fut, scope, fn))
+        if self._queue.qsize() >= self.max_queue:
+            raise QueueFull(f"lane {self.name!r} has {self.max_queue} calls queued")
+        fut = CallFuture(scope)
+        self._on_enqueue(self)
+        self._queue.put((fut, fn))
         return fut
 
     def _work(self) -> None:
@@ -54,30 +97,88 @@ class WorkerPool:
             job = get()
             if job is None:
                 return
-            fut, scope, fn = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            if scope.cancelled:
-                fut.set_exception(TaskCancelled("call cancelled before it started"))
-                continue
-            if scope.done_by_deadline:
-                fut.set_exception(TaskTimeout("deadline passed while the call was queued"))
-                continue
+            fut, fn = job
+            scope = fut.scope
             try:
-                result = fn()
-            except BaseException as exc:  # the runtime already made it public
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-            del job, fut, scope, fn
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                if scope.cancelled:
+                    fut.set_exception(TaskCancelled("call cancelled before it started"))
+                    continue
+                if scope.done_by_deadline:
+                    fut.set_exception(TaskTimeout("deadline passed while the call was queued"))
+                    continue
+                scope.gate = self.gate
+                self.running.add(scope)
+                try:
+                    result = fn()
+                except BaseException as exc:  # already public: the runtime translated it
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+                finally:
+                    self.running.discard(scope)
+            finally:
+                self._on_done(self)
+            del job, fut, fn, scope
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        self._closed = True
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
+
+
+class LaneSet:
+    """The three lanes plus core-over-lower preemption."""
+
+    def __init__(self, threads: dict[str, int], *, max_queue: int = 10_000, preempt: bool = True):
+        self._preempt = preempt
+        self._core_active = 0
+        self._lock = threading.Lock()
+        self.lanes = {
+            name: Lane(name, threads.get(name, 1), max_queue, self._enqueued, self._done)
+            for name in LANES
+        }
+
+    def submit(self, lane: str, scope: CallScope, fn: Callable[[], Any]) -> CallFuture:
+        try:
+            target = self.lanes[lane]
+        except KeyError:
+            raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
+        return target.submit(scope, fn)
+
+    def _lower(self) -> Iterable[Lane]:
+        return (self.lanes["regular"], self.lanes["low"])
+
+    def _enqueued(self, lane: Lane) -> None:
+        if lane.name != "core" or not self._preempt:
+            return
+        with self._lock:
+            self._core_active += 1
+            if self._core_active == 1:
+                for lower in self._lower():
+                    lower.gate.clear()
+                    for scope in list(lower.running):
+                        scope.request_yield()
+
+    def _done(self, lane: Lane) -> None:
+        if lane.name != "core" or not self._preempt:
+            return
+        with self._lock:
+            self._core_active -= 1
+            if self._core_active == 0:
+                for lower in self._lower():
+                    lower.gate.set()
+
+    def depths(self) -> dict[str, int]:
+        return {name: lane.depth() for name, lane in self.lanes.items()}
+
+    def running(self) -> dict[str, int]:
+        return {name: len(lane.running) for name, lane in self.lanes.items()}
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.close()

@@ -1,11 +1,20 @@
-"""Call scopes: one deadline and one cancel switch per call, checked cooperatively.
+"""Call scopes: one deadline, one cancel switch and one yield gate per call.
 
-A ``CallScope`` is the only object that decides whether a call may go on.  The
-task's injected checkpoints read its deadline from the call's globals
-(``_vm_deadline_``), so cancelling writes ``-inf`` there and the next
-checkpoint raises; host code (model runs, result validation) calls
-``check()``.  Running ONNX Runtime inferences registered with the scope are
-terminated on cancel and, through the watchdog, at the deadline.
+A ``CallScope`` is the only object that decides whether a call may go on -
+like a trio cancel scope, but checked cooperatively.  The task's injected
+checkpoints compare the clock with ``_vm_deadline_`` in the call's own
+globals; the slow path is ``checkpoint()``.  Three things move that value to
+``-inf`` so the very next checkpoint takes the slow path:
+
+* ``cancel()``          -> the checkpoint raises ``TaskCancelled``;
+* the deadline passing  -> ``TaskTimeout`` (no other thread needed: the task
+  reads the clock itself);
+* ``request_yield()``   -> the call parks on its lane's gate, releasing the
+  GIL, until higher-priority work is done (or its deadline passes).
+
+Host code (model runs, result validation) calls ``check()``.  ONNX Runtime
+runs registered with the scope are terminated on cancel and, through the
+inference watchdog, at the deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from typing import Any
 from ..sandbox import policy
 
 _ids = itertools.count(1)
+_NEG_INF = float("-inf")
+_PARK_POLL = 0.005
 
 
 class Interrupt(BaseException):
@@ -31,34 +42,55 @@ class Interrupt(BaseException):
 
 
 class CallScope:
-    __slots__ = ("call_id", "deadline", "timeout", "cancelled", "_globals", "_runs", "_lock")
+    __slots__ = ("call_id", "deadline", "timeout", "cancelled", "gate", "model_time",
+                 "_globals", "_runs", "_lock", "_watched")
 
-    def __init__(self, timeout: float, *, start: float | None = None):
-        self.call_id = next(_ids)
+    def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None):
+        self.call_id = next(_ids) if call_id is None else call_id
         self.timeout = timeout
         self.deadline = (time.monotonic() if start is None else start) + timeout
         self.cancelled = False
+        self.gate: threading.Event | None = None  # set by the lane: open = may run
+        self.model_time = 0.0
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
         self._lock = threading.Lock()
+        self._watched = False
 
     # -- wiring to the running task --------------------------------------------
 
     def bind(self, task_globals: dict[str, Any]) -> None:
-        """Attach the call's fresh globals, so cancel() can reach the checkpoints."""
+        """Attach the call's fresh globals, so cancel() and yields can reach the checkpoints."""
         self._globals = task_globals
-        task_globals[policy.DEADLINE] = float("-inf") if self.cancelled else self.deadline
+        gate = self.gate
+        paused = gate is not None and not gate.is_set()
+        task_globals[policy.DEADLINE] = _NEG_INF if (self.cancelled or paused) else self.deadline
 
-    def expired(self) -> None:
-        """Target of the injected checkpoints: raise the interrupt that fits."""
+    def checkpoint(self) -> None:
+        """Slow path of the injected checkpoints: raise, or park and resume."""
         if self.cancelled:
             raise Interrupt("cancelled", "call cancelled")
-        raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
+        if time.monotonic() > self.deadline:
+            raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
+        gate = self.gate
+        while gate is not None and not gate.is_set():
+            # Parked: the GIL is free for higher lanes.  Poll so cancel and the
+            # deadline are noticed within a few milliseconds.
+            gate.wait(min(_PARK_POLL, max(0.0, self.deadline - time.monotonic())))
+            if self.cancelled:
+                raise Interrupt("cancelled", "call cancelled")
+            if time.monotonic() > self.deadline:
+                raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
+        g = self._globals
+        if g is not None and not self.cancelled:
+            g[policy.DEADLINE] = self.deadline
 
     def check(self) -> None:
-        """Host-side checkpoint."""
-        if self.cancelled or time.monotonic() > self.deadline:
-            self.expired()
+        """Host-side checkpoint (no parking: host code is short)."""
+        if self.cancelled:
+            raise Interrupt("cancelled", "call cancelled")
+        if time.monotonic() > self.deadline:
+            raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
 
     def remaining(self) -> float:
         return 0.0 if self.cancelled else max(0.0, self.deadline - time.monotonic())
@@ -67,14 +99,25 @@ class CallScope:
     def done_by_deadline(self) -> bool:
         return self.cancelled or time.monotonic() > self.deadline
 
-    # -- cancellation ----------------------------------------------------------
+    # -- cancellation and yielding ---------------------------------------------
+
+    def request_yield(self) -> None:
+        """Make the next checkpoint take the slow path (and park if the gate is shut)."""
+        g = self._globals
+        if g is not None:
+            g[policy.DEADLINE] = _NEG_INF
 
     def cancel(self) -> None:
         self.cancelled = True
-        g = self._globals
-        if g is not None:
-            g[policy.DEADLINE] = float("-inf")
+        self.request_yield()
         self.terminate_runs()
+
+    def should_watch(self) -> bool:
+        """True once per scope: the first model run registers it with the watchdog."""
+        if self._watched:
+            return False
+        self._watched = True
+        return True
 
     def attach_run(self, run_options: Any) -> None:
         with self._lock:
