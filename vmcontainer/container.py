@@ -241,7 +241,7 @@ class Container:
         def run() -> Any:
             # Newest release at start: a hot swap never touches a call in flight.
             current = self._registry.get(name)
-            error: BaseException | None = None
+            error: str | None = None
             try:
                 result, printed = current.program.call(data, scope, upstream)
                 if printed:
@@ -249,14 +249,24 @@ class Container:
                         "task": name, "release": current.info.release, "call_id": scope.call_id})
                 return result
             except BaseException as exc:
-                error = exc
-                log.debug("%s failed: %s: %s", name, type(exc).__name__, exc, extra={
+                error = type(exc).__name__
+                log.debug("%s failed: %s: %s", name, error, exc, extra={
                     "task": name, "release": current.info.release, "call_id": scope.call_id})
                 raise
             finally:
-                breaker.record(None if error is None else type(error).__name__, probe)
-                self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
-                                     scope.model_time, error)
+                breaker.record(error, probe)
+
+        def settled(fut: CallFuture) -> None:
+            # Every outcome counts, including calls that timed out or were
+            # cancelled in the queue and never ran.
+            if fut.cancelled():
+                err: BaseException | None = TaskCancelled("cancelled before start")
+            else:
+                err = fut.exception()
+            self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
+                                 scope.model_time, err)
+            if probe and fut.cancelled():
+                breaker.record("TaskCancelled", probe)
 
         try:
             fut = self._lanes.submit(lane, scope, run)
@@ -264,6 +274,7 @@ class Container:
             breaker.record("QueueFull", probe)
             self._metrics.reject(name, lane, type(exc).__name__)
             raise
+        fut.add_done_callback(settled)
         if task.info.then:
             fut.add_done_callback(lambda f: self._run_followups(task, f))
         return fut

@@ -56,13 +56,17 @@ def build_test_bundle(
     entry: str = "main",
     timeout: float = 5.0,
     models: Mapping[str, bytes | str | os.PathLike] | None = None,
+    **manifest: Any,
 ) -> bytes:
-    """Compile and seal a bundle with the process's ephemeral keys."""
+    """Compile and seal a bundle with the process's ephemeral keys.
+
+    ``manifest`` takes the other ``pack_task`` fields: lane, requires, then, warmup, meta.
+    """
     source, filename = _source_of(path_or_source)
     compiled = compile_task(source, filename, entry=entry)
     publisher, device = ephemeral_keys()
     payload = pack_task(compiled.code, name=name, release=release, entry=entry,
-                        timeout=timeout, models=_model_bytes(models))
+                        timeout=timeout, models=_model_bytes(models), **manifest)
     return seal(payload, signers=[publisher], recipients=[device.public_key()])
 
 

@@ -66,11 +66,37 @@ def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
         return _safe_format_method(name, obj)
     if name == "obj" and isinstance(obj, BaseException):
         raise violation('attribute "obj" of exceptions is not available in the sandbox')
-    if name in policy.ARRAY_DENIED_ATTRIBUTES and isinstance(obj, _ARRAY_TYPES):
+    if name in policy.ARRAY_DENIED_ATTRIBUTES and _is_numpy(obj):
         raise violation(f'array attribute "{name}" is not available in the sandbox')
+    if name in ("astype", "view") and _is_numpy(obj):
+        return _checked_dtype_method(getattr(obj, name), name)
     if default is _MISSING:
         return getattr(obj, name)
     return getattr(obj, name, default)
+
+
+def _is_numpy(obj: Any) -> bool:
+    """numpy arrays and scalars - and their classes (``np.float64.dump(x, path)``)."""
+    return isinstance(obj, _ARRAY_TYPES) or (isinstance(obj, type) and issubclass(obj, _ARRAY_TYPES))
+
+
+def _checked_dtype_method(method: Any, name: str) -> Any:
+    """``astype``/``view`` limited to numeric and bool dtypes (no object or void)."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        dtype = kwargs.get("dtype", args[0] if args else None)
+        if dtype is not None and not (isinstance(dtype, type) and issubclass(dtype, np.ndarray)):
+            try:
+                kind = np.dtype(dtype).kind
+            except TypeError:
+                raise violation(f"{name}: dtype {dtype!r} is not allowed") from None
+            if kind not in "biufc" or np.dtype(dtype).fields is not None:
+                raise violation(f"{name}: dtype {np.dtype(dtype)} is not allowed in the sandbox")
+        elif dtype is not None:
+            raise violation(f"{name}: array subclasses are not allowed")
+        return method(*args, **kwargs)
+
+    return checked
 
 
 def guarded_hasattr(obj: Any, name: Any) -> bool:
@@ -83,9 +109,22 @@ def guarded_hasattr(obj: Any, name: Any) -> bool:
     return True
 
 
-def safe_type(obj: Any) -> type:
-    """One-argument ``type()``: scripts may inspect, not create, types."""
-    return type(obj)
+def safe_type(obj: Any) -> Any:
+    """One-argument ``type()``: for comparing and ``isinstance``, not for making objects.
+
+    Classes that would hand out raw power when called are swapped for their
+    facade (``numpy.ndarray(shape)`` is uninitialised heap memory) or refused
+    (``type(cls)`` is the real ``type``, which builds classes past the sandbox's
+    class hook).
+    """
+    t = type(obj)
+    if issubclass(t, np.ndarray):
+        from .modules import get_facades
+
+        return get_facades()["numpy"].ndarray
+    if issubclass(t, type):
+        raise violation("type() of a class is not available in the sandbox")
+    return t
 
 
 class ScriptTypes:

@@ -80,9 +80,13 @@ numpy ufuncs are handed out unwrapped (fast, immutable, only safe attributes),
 so ``ufunc(..., dtype=object)`` and ``ndarray.astype(object)`` can still make
 object arrays.  The result validator must refuse non-numeric arrays.  ``out=``,
 ``ufunc.at`` and ``Generator.shuffle`` write into arrays they are given, so host
-arrays must reach scripts read-only or as copies.  C functions that the script
-frame calls directly (``datetime.strptime``/``strftime``, some numpy error paths)
-import through the *script's* ``__import__``.
+arrays must reach scripts read-only or as copies.  ``type(array)`` is the real
+``numpy.ndarray`` (uninitialised memory, any dtype).  The facade's ``ndarray``
+cannot stop that.  The caps here are on allocations from shapes and counts.
+Broadcasting results (``np.ones((n, 1)) + np.ones((1, n))``) are bounded only by
+the worker's memory limit.  C functions called from a script frame import
+through the script's ``__import__``.  ``_prime_numpy_lazy_imports`` has numpy
+load the helpers it caches before any script runs.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ GUARDED_ATTRIBUTES: dict[str, str] = {
     "flags": "ndarray.flags can make a read-only view writable",
     "dump": "ndarray.dump writes a pickle to a file",
     "dumps": "ndarray.dumps pickles",
+    "astype": "ndarray.astype(object) makes object arrays",
+    "view": "ndarray.view can reinterpret memory as object or structured dtypes",
 }
 
 # Attributes refused on numpy arrays and scalars when reached through a guard.

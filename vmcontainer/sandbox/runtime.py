@@ -145,7 +145,7 @@ class TaskProgram:
             # Only C code calls __import__ with a list (PyImport_Import, e.g. strftime
             # importing "time"); script import statements pass None or a tuple.  The
             # module goes to that C function, never to the script.
-            if name in _C_INTERNAL_IMPORTS or name.startswith("encodings."):
+            if name in _C_INTERNAL_IMPORTS or name.startswith(("encodings.", "numpy.")):
                 return builtins.__import__(name, None, None, fromlist, 0)
             raise violation(f'internal import of "{name}" is not allowed')
         if name == "vm":
