@@ -29,7 +29,7 @@ from ..errors import (
     TaskTimeout,
     VmError,
 )
-from ..scheduler.scope import CallScope, Interrupt
+from ..scheduler.scope import CallScope, Interrupt, set_current_scope
 from . import policy
 from .boundary import BoundaryError, copy_plain
 from .guards import ScriptTypes, guarded_getattr, guarded_hasattr, safe_type, violation
@@ -195,6 +195,7 @@ class TaskProgram:
     def _guarded(self, scope: CallScope, output: PrintCapture,
                  body: Callable[[dict[str, Any]], Any]) -> Any:
         """Execute the module in fresh globals, then ``body``; make every error public."""
+        set_current_scope(scope)
         try:
             scope.check()
             g = self.new_globals(scope, output)
@@ -214,6 +215,8 @@ class TaskProgram:
                 exc_type=type(exc).__name__,
                 script_traceback=self._script_traceback(exc),
             ) from None
+        finally:
+            set_current_scope(None)
 
     def _script_traceback(self, exc: BaseException) -> str:
         frames = [

@@ -27,6 +27,17 @@ from typing import Any
 from ..sandbox import policy
 
 _ids = itertools.count(1)
+_local = threading.local()
+
+
+def current_scope() -> "CallScope | None":
+    """The scope of the call running on this thread (for facades that must bound a
+    single C call by the call's deadline, e.g. regex matching)."""
+    return getattr(_local, "scope", None)
+
+
+def set_current_scope(scope: "CallScope | None") -> None:
+    _local.scope = scope
 _NEG_INF = float("-inf")
 _PARK_POLL = 0.005
 
