@@ -41,6 +41,7 @@ from .scheduler.breaker import CircuitBreaker
 from .scheduler.graph import TaskGraphError, check_graph, dependants
 from .scheduler.metrics import Metrics
 from .scheduler.pool import CallFuture, LaneSet
+from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .scheduler.scope import CallScope
 
 log = logging.getLogger("vmcontainer")
@@ -89,6 +90,8 @@ class Container:
         breaker_cooldown: float = 30.0,
         preempt: bool = True,
         switch_interval: float | None = 0.001,
+        limits: ResourceLimits = DEFAULT_LIMITS,
+        task_limits: dict[str, ResourceLimits] | None = None,
     ):
         self._verifier = BundleVerifier(
             [load_publisher_public(k) for k in _as_list(trust)],
@@ -98,6 +101,8 @@ class Container:
             clock_skew=clock_skew,
         )
         self.max_timeout = max_timeout
+        self._limits = limits
+        self._task_limits = dict(task_limits or {})
         self._hub = ModelHub(profile)
         self._registry = Registry()
         self._install_lock = threading.Lock()
@@ -130,7 +135,7 @@ class Container:
             m = verified.manifest
             check_graph(verified.name, m["requires"], m["then"], self._links_of,
                         self._registry.has)
-            task = InstalledTask(verified, self._hub)
+            task = InstalledTask(verified, self._hub, self._limits_for(verified.name))
             try:
                 warm_ms = self._warm(task)
             except BaseException:
@@ -145,6 +150,16 @@ class Container:
                  extra={"task": task.info.name, "release": task.info.release})
         return task.info
 
+    def _limits_for(self, name: str) -> ResourceLimits:
+        return self._task_limits.get(name, self._limits)
+
+    def _scope(self, task: InstalledTask, timeout: float) -> CallScope:
+        """Every call's scope is made here: deadline capped by the container's maximum,
+        the task's CPU budget and model-run cap attached."""
+        limits = task.program.limits
+        return CallScope(min(timeout, self.max_timeout), cpu_budget=limits.cpu_seconds,
+                         audit_interval=limits.audit_interval, max_model_runs=limits.max_model_runs)
+
     def _links_of(self, name: str) -> list[str]:
         info = self._registry.get(name).info
         return list(info.requires) + list(info.then)
@@ -152,15 +167,13 @@ class Container:
     def _warm(self, task: InstalledTask) -> float | None:
         """Load the module once (catching load-time errors before publishing) and,
         if the manifest asks, make one dry run; return the dry run's milliseconds."""
-        scope = CallScope(min(task.info.timeout, self.max_timeout))
-        task.program.load_check(scope)
+        task.program.load_check(self._scope(task, task.info.timeout))
         warmup = task.warmup_inputs
         if warmup is None:
             return None
         upstream = {r: None for r in task.info.requires} if task.info.requires else None
         start = time.perf_counter()
-        task.program.call(copy_plain(warmup), CallScope(min(task.info.timeout, self.max_timeout)),
-                          upstream)
+        task.program.call(copy_plain(warmup), self._scope(task, task.info.timeout), upstream)
         return (time.perf_counter() - start) * 1000
 
     def uninstall(self, name: str) -> None:
@@ -194,8 +207,8 @@ class Container:
             raise InvalidInputs(f"inputs for {name!r}: {exc}") from None
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive")
-        limit = task.info.timeout if timeout is None else min(timeout, task.info.timeout)
-        scope = CallScope(min(limit, self.max_timeout))
+        scope = self._scope(task, task.info.timeout if timeout is None
+                            else min(timeout, task.info.timeout))
         if task.info.requires:
             fut: CallFuture = self._submit_graph(task, data, scope, lane)
         else:
@@ -314,7 +327,8 @@ class Container:
                 _resolve(parent, exc=UpstreamFailed("call cancelled", task=task.info.name))
                 return
             try:
-                child = self._submit_one(task, data, self._child_scope(scope), lane, dict(results))
+                child = self._submit_one(task, data, self._child_scope(task, scope), lane,
+                                         dict(results))
             except BaseException as exc:
                 _resolve(parent, exc=exc)
                 return
@@ -324,9 +338,10 @@ class Container:
         for link in requires:
             try:
                 prereq = self._registry.get(link)
-                child = (self._submit_graph(prereq, data, self._child_scope(scope), None)
+                child_scope = self._child_scope(prereq, scope)
+                child = (self._submit_graph(prereq, data, child_scope, None)
                          if prereq.info.requires else
-                         self._submit_one(prereq, data, self._child_scope(scope), None, None))
+                         self._submit_one(prereq, data, child_scope, None, None))
             except BaseException as exc:
                 fut_err: CallFuture = CallFuture(scope)
                 fut_err.set_exception(exc)
@@ -336,9 +351,9 @@ class Container:
             child.add_done_callback(lambda f, link=link: link_done(link, f))
         return parent
 
-    @staticmethod
-    def _child_scope(parent: CallScope) -> CallScope:
-        return CallScope(max(0.0, parent.deadline - time.monotonic()))
+    def _child_scope(self, task: InstalledTask, parent: CallScope) -> CallScope:
+        """A link of a graph call: its own scope, the whole call's deadline."""
+        return self._scope(task, max(0.0, parent.deadline - time.monotonic()))
 
     def _run_followups(self, task: InstalledTask, fut: CallFuture) -> None:
         if fut.cancelled() or fut.exception() is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from .bundle.verifier import VerifiedBundle
 from .errors import TaskNotFound
 from .inference.sessions import LoadedModel, ModelHandle, ModelHub
+from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .sandbox.runtime import TaskProgram
 from .scheduler.scope import CallScope
 from .sandbox.guards import violation
@@ -87,7 +88,8 @@ class VmModule:
 
 
 class InstalledTask:
-    def __init__(self, verified: VerifiedBundle, hub: ModelHub):
+    def __init__(self, verified: VerifiedBundle, hub: ModelHub,
+                 limits: ResourceLimits = DEFAULT_LIMITS):
         m = verified.manifest
         self.hub = hub
         self._claimed = True
@@ -118,6 +120,7 @@ class InstalledTask:
             release=verified.release,
             entry=m["entry"],
             vm_factory=lambda scope: VmModule(self, scope),
+            limits=limits,
         )
 
     def release_models(self) -> None:

@@ -260,3 +260,69 @@ def test_every_error_is_a_vmerror():
         obj = getattr(vmcontainer, name)
         if isinstance(obj, type) and issubclass(obj, Exception) and name != "Diagnostic":
             assert issubclass(obj, VmError), name
+
+
+@pytest.mark.parametrize("body,error", [
+    ("    try:\n        return getattr(i, '__class__')\n    finally:\n        return 'swallowed'\n",
+     SandboxViolation),
+    ("    try:\n        x = 10 ** (10 ** 8)\n    finally:\n        return 'swallowed'\n", None),
+])
+def test_swallowed_violations_still_fail_the_call(container, deploy, body, error):
+    from vmcontainer import ResourceLimitExceeded
+
+    name = deploy("def main(i):\n" + body)
+    with pytest.raises(error or ResourceLimitExceeded):
+        container.invoke(name, 1)
+
+
+@pytest.mark.parametrize("expr", [
+    "10 ** 10 ** 8", "2 ** i", "[0] * (10 ** 9)", "'ab' * i", "1 << (1 << 40)",
+    "pow(7, 10 ** 9)", "'x'.ljust(10 ** 10)", "'7'.zfill(i)",
+])
+def test_size_bombs_are_refused_before_allocating(container, deploy, expr):
+    from vmcontainer import ResourceLimitExceeded
+
+    name = deploy(f"def main(i):\n    return len(str({expr}))\n")
+    start = time.monotonic()
+    with pytest.raises(ResourceLimitExceeded):
+        container.invoke(name, 10 ** 9, timeout=5)
+    assert time.monotonic() - start < 1.0
+
+
+def test_cpu_budget_and_ordinary_arithmetic():
+    from vmcontainer import ResourceLimitExceeded
+    from vmcontainer.sandbox.limits import ResourceLimits
+
+    with limited_container(ResourceLimits(cpu_seconds=0.1)) as c:
+        c.install(build_test_bundle("def main(i):\n    while True:\n        pass\n", name="burn"))
+        with pytest.raises(ResourceLimitExceeded, match="CPU budget"):
+            c.invoke("burn", None, timeout=5)
+        c.install(build_test_bundle(
+            "def main(i):\n    n = 3\n    n *= i\n    return [n * i, 2 ** 10, i ** 3, 'ab' * 3, [1] * n]\n",
+            name="math"))
+        assert c.invoke("math", 2) == [12, 1024, 8, "ababab", [1] * 6]
+
+
+def test_model_runs_per_call_are_capped():
+    from tests.onnx_models import linear_model
+    from vmcontainer import ResourceLimitExceeded
+    from vmcontainer.sandbox.limits import ResourceLimits
+
+    blob, _, _ = linear_model()
+    with limited_container(ResourceLimits(max_model_runs=3)) as c:
+        c.install(build_test_bundle(
+            "import vm\nimport numpy as np\ndef main(i):\n    m = vm.model('lin')\n"
+            "    for _ in range(i):\n        m.run({'x': np.zeros((1, 4), dtype=np.float32)})\n    return i\n",
+            name="runs", models={"lin": blob}))
+        assert c.invoke("runs", 3) == 3
+        with pytest.raises(ResourceLimitExceeded, match="model runs"):
+            c.invoke("runs", 4)
+
+
+def limited_container(limits):
+    from vmcontainer.testing import test_container
+
+    return test_container(workers=1, limits=limits)
+
+
+

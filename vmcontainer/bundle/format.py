@@ -180,7 +180,8 @@ def _check_fields(obj: dict[str, Any], spec: dict[str, Any], what: str) -> None:
         raise BundleMalformed(f"{what} fields wrong (missing {missing}, unknown {extra})")
     for key, typ in spec.items():
         value = obj[key]
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        types_ = typ if isinstance(typ, tuple) else (typ,)
+        if not isinstance(value, typ) or (isinstance(value, bool) and bool not in types_):
             raise BundleMalformed(f"{what} field {key!r} has the wrong type")
 
 
@@ -227,6 +228,8 @@ def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
     _check_fields(header["python"], PYTHON_FIELDS, "header.python")
     if header["ct_len"] != ct_len:
         raise BundleMalformed("header ciphertext length does not match")
+    if sorted(kid.hex() for kid, _ in signatures) != sorted(header["signers"]):
+        raise BundleMalformed("signature table does not match the header's signers")
     if not header["task"] or len(header["task"]) > 128:
         raise BundleMalformed("task name empty or too long")
     if header["release"] < 0 or header["pt_len"] < 0:

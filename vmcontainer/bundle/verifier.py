@@ -3,7 +3,8 @@
 The order is the security argument (docs/bundle-format.md):
 
 1. size caps                      -> BundleTooLarge
-2. strict parse                   -> BundleMalformed
+2. strict parse                   -> BundleMalformed (an unknown format version byte:
+                                     BundleIncompatible, since nothing else can be read)
 3. signature threshold            -> BundleSignatureInvalid   (header, which commits to
                                      the ciphertext digest, then that digest)
 4. compatibility                  -> BundleIncompatible      (format, python magic, cache_tag)
@@ -11,8 +12,14 @@ The order is the security argument (docs/bundle-format.md):
 6. anti-rollback                  -> BundleRollback
 7. unwrap the content key         -> BundleNotForThisDevice
 8. decrypt (header is the AAD)    -> BundleDecryptError
-9. plaintext hash, manifest, model digests -> BundleIntegrityError
+9. plaintext hash, payload caps, manifest, model digests -> BundleIntegrityError
+   (payload over a cap: BundleTooLarge); manifest ``min_container`` above this
+   container's version -> BundleIncompatible
 10. only then ``marshal.loads``   -> BundleIntegrityError if the bytes are not a code object
+
+The recipients table is not signed, so anyone on the path can add a wrap that
+opens to a wrong key; every wrap under this device's key id is tried until one
+yields a key that authenticates the ciphertext (at most ``MAX_WRAPS_TRIED``).
 
 Nothing is unmarshalled, decrypted or executed before the signature holds.
 """
@@ -43,8 +50,20 @@ from ..errors import (
     BundleRollback,
     BundleSignatureInvalid,
 )
+from .. import __version__ as container_version
 from . import format as fmt
 from .keys import key_id
+
+MAX_WRAPS_TRIED = 4
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
 
 RUNNING_PYTHON = {
     "impl": sys.implementation.name,
@@ -115,8 +134,7 @@ class BundleVerifier:
         self._check_compatible(raw.header)  # 4
         self._check_expiry(raw.header)  # 5
         self._check_rollback(raw.header, high_water(raw.header["task"]), allow_rollback)  # 6
-        content_key = self._unwrap(raw)  # 7
-        plaintext = self._decrypt(raw, content_key)  # 8
+        plaintext = self._decrypt(raw, self._unwrap(raw))  # 7 + 8
         payload = self._check_payload(raw.header, plaintext)  # 9
         code = self._load_code(payload.code)  # 10
         return VerifiedBundle(raw.header, payload.manifest, code, payload.models, signers)
@@ -172,27 +190,32 @@ class BundleVerifier:
                 f"release {installed}"
             )
 
-    def _unwrap(self, raw: fmt.RawBundle) -> bytes:
-        wraps = [w for kid, w in raw.recipients if kid == self._device_kid]
+    def _unwrap(self, raw: fmt.RawBundle) -> list[bytes]:
+        wraps = [w for kid, w in raw.recipients if kid == self._device_kid][:MAX_WRAPS_TRIED]
         if not wraps:
             raise BundleNotForThisDevice("bundle has no content key for this device")
         info = fmt.wrap_info(raw.header_bytes, self._device_kid)
+        keys = []
         for wrap in wraps:
             try:
                 key = fmt.HPKE_SUITE.decrypt(wrap, self._device_key, info=info)
             except Exception:  # any failure is the same opaque refusal
                 continue
             if len(key) == fmt.KEY_LEN:
-                return key
-        raise BundleNotForThisDevice("content key for this device does not open")
+                keys.append(key)
+        if not keys:
+            raise BundleNotForThisDevice("content key for this device does not open")
+        return keys
 
-    def _decrypt(self, raw: fmt.RawBundle, content_key: bytes) -> bytes:
-        try:
-            return AESGCM(content_key).decrypt(
-                bytes.fromhex(raw.header["nonce"]), raw.ciphertext, fmt.aead_aad(raw.header)
-            )
-        except InvalidTag:
-            raise BundleDecryptError("ciphertext does not authenticate") from None
+    def _decrypt(self, raw: fmt.RawBundle, content_keys: list[bytes]) -> bytes:
+        nonce = bytes.fromhex(raw.header["nonce"])
+        aad = fmt.aead_aad(raw.header)
+        for key in content_keys:
+            try:
+                return AESGCM(key).decrypt(nonce, raw.ciphertext, aad)
+            except InvalidTag:
+                continue
+        raise BundleDecryptError("ciphertext does not authenticate")
 
     def _check_payload(self, header: dict, plaintext: bytes) -> fmt.Payload:
         if len(plaintext) != header["pt_len"] or (
@@ -204,6 +227,9 @@ class BundleVerifier:
         except BundleMalformed as exc:
             raise BundleIntegrityError(f"payload malformed: {exc}") from None
         m = payload.manifest
+        if _version_tuple(m["min_container"]) > _version_tuple(container_version):
+            raise BundleIncompatible(
+                f"bundle needs container {m['min_container']}, this is {container_version}")
         if m["task"] != header["task"] or m["release"] != header["release"]:
             raise BundleIntegrityError("manifest does not match the header")
         if set(m["models"]) != set(payload.models):

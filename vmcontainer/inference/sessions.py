@@ -101,6 +101,9 @@ class LoadedModel:
     def run(self, model_name: str, feeds: Any, scope: CallScope, watchdog: Watchdog) -> dict[str, np.ndarray]:
         checked = self.check_feeds(model_name, feeds)
         scope.check()
+        scope.model_runs += 1
+        if scope.max_model_runs is not None and scope.model_runs > scope.max_model_runs:
+            raise Interrupt("limit", f"more than {scope.max_model_runs} model runs in one call")
         ro = ort.RunOptions()
         ro.log_severity_level = 4
         scope.attach_run(ro)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from _string import formatter_field_name_split  # type: ignore[import-not-found]
 
-from ..scheduler.scope import Interrupt
+from ..scheduler.scope import Interrupt, fault
 from . import policy
 
 _MISSING = object()
@@ -21,7 +21,7 @@ _ARRAY_TYPES = (np.ndarray, np.generic)
 
 
 def violation(message: str) -> Interrupt:
-    return Interrupt("violation", message)
+    return fault("violation", message)
 
 
 def _check_name(name: Any) -> str:
@@ -57,7 +57,8 @@ def _safe_format_method(name: str, obj: Any) -> Any:
     return lambda fmt, mapping: _formatter.vformat(str(fmt), (), mapping)
 
 
-def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
+def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING, *,
+                    sizes: "SizeGuards | None" = None) -> Any:
     """``getattr`` for scripts, and the target of guarded static attribute loads."""
     name = _check_name(name)
     if name in ("format", "format_map") and (
@@ -70,6 +71,8 @@ def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING) -> Any:
         raise violation(f'array attribute "{name}" is not available in the sandbox')
     if name in ("astype", "view") and _is_numpy(obj):
         return _checked_dtype_method(getattr(obj, name), name)
+    if sizes is not None and name in policy.PADDING_METHODS and isinstance(obj, (str, bytes, bytearray)):
+        return sizes.padding(getattr(obj, name), name)
     if default is _MISSING:
         return getattr(obj, name)
     return getattr(obj, name, default)
@@ -99,14 +102,75 @@ def _checked_dtype_method(method: Any, name: str) -> Any:
     return checked
 
 
+class SizeGuards:
+    """Checks made *before* an operation that could allocate without bound: one C
+    call (``10 ** 10 ** 8``, ``[0] * 10 ** 10``) that no checkpoint can interrupt."""
+
+    __slots__ = ("max_int_bits", "max_sequence")
+
+    def __init__(self, max_int_bits: int, max_sequence: int):
+        self.max_int_bits = max_int_bits
+        self.max_sequence = max_sequence
+
+    def _limit(self, what: str) -> Interrupt:
+        return fault("limit", f"{what} exceeds the sandbox's size limit")
+
+    def _repeat(self, seq: Any, times: int) -> None:
+        if times > 0 and len(seq) * times > self.max_sequence:
+            raise self._limit(f"repeating a sequence of {len(seq)} items {times} times")
+
+    def arith(self, op: str, a: Any, b: Any) -> Any:
+        ta, tb = type(a), type(b)
+        if op == "*":
+            if ta is int and tb is int:
+                if a.bit_length() + b.bit_length() > self.max_int_bits:
+                    raise self._limit("integer product")
+            elif tb is int and ta in _SEQUENCES:
+                self._repeat(a, b)
+            elif ta is int and tb in _SEQUENCES:
+                self._repeat(b, a)
+            return a * b
+        if op == "**":
+            if ta is int and tb is int and b > 0 and abs(a) > 1:
+                if a.bit_length() * b > self.max_int_bits:
+                    raise self._limit("integer power")
+            return a ** b
+        # "<<"
+        if ta is int and tb is int and a and b > 0 and a.bit_length() + b > self.max_int_bits:
+            raise self._limit("integer shift")
+        return a << b
+
+    def pow(self, base: Any, exp: Any, mod: Any = None) -> Any:
+        if mod is None:
+            return self.arith("**", base, exp)
+        return pow(base, exp, mod)  # modular: bounded by the modulus
+
+    def padding(self, method: Any, name: str) -> Any:
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            width = args[0] if args else kwargs.get("width", kwargs.get("tabsize", 8))
+            if isinstance(width, int) and width > self.max_sequence:
+                raise self._limit(f"str.{name} width")
+            if name == "expandtabs" and isinstance(width, int):
+                if len(method.__self__) * max(width, 1) > self.max_sequence:
+                    raise self._limit("str.expandtabs")
+            return method(*args, **kwargs)
+
+        return checked
+
+
+_SEQUENCES = (str, bytes, list, tuple, bytearray)
+_SEQUENCES = frozenset(_SEQUENCES)  # type: ignore[assignment]
+
+
 def guarded_hasattr(obj: Any, name: Any) -> bool:
-    try:
-        guarded_getattr(obj, name)
-    except Interrupt:
+    """``hasattr`` for scripts: a forbidden name simply is not there (no violation)."""
+    if type(name) is not str or name.startswith("_") or name in policy.DENIED_ATTRIBUTES:
         return False
-    except Exception:
+    if name == "obj" and isinstance(obj, BaseException):
         return False
-    return True
+    if name in policy.ARRAY_DENIED_ATTRIBUTES and _is_numpy(obj):
+        return False
+    return hasattr(obj, name)
 
 
 def safe_type(obj: Any) -> Any:

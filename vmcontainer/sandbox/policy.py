@@ -27,6 +27,7 @@ CLOCK = "_vm_clock_"
 DEADLINE = "_vm_deadline_"
 EXPIRED = "_vm_expired_"
 METACLASS = "__metaclass__"  # RestrictedPython's class hook name
+ARITH = "_vm_arith_"  # size check before * ** << whose operands are not small constants
 
 DENIED_ATTRIBUTES: frozenset[str] = frozenset(
     {
@@ -56,7 +57,18 @@ GUARDED_ATTRIBUTES: dict[str, str] = {
     "dumps": "ndarray.dumps pickles",
     "astype": "ndarray.astype(object) makes object arrays",
     "view": "ndarray.view can reinterpret memory as object or structured dtypes",
+    "ljust": "str padding allocates its width argument",
+    "rjust": "str padding allocates its width argument",
+    "center": "str padding allocates its width argument",
+    "zfill": "str padding allocates its width argument",
+    "expandtabs": "tab expansion multiplies the string",
 }
+
+# Padding methods whose first argument is a width to allocate.
+PADDING_METHODS: frozenset[str] = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+# A constant operand at most this large keeps * ** << unguarded (x * 2, n ** 2, b << 8).
+SMALL_CONSTANT = 64
 
 # Attributes refused on numpy arrays and scalars when reached through a guard.
 ARRAY_DENIED_ATTRIBUTES: frozenset[str] = frozenset({"data", "base", "flags", "dump", "dumps"})

@@ -15,6 +15,7 @@ line numbers only.
 from __future__ import annotations
 
 import builtins
+import functools
 import re
 import time
 import traceback
@@ -32,7 +33,8 @@ from ..errors import (
 from ..scheduler.scope import CallScope, Interrupt, set_current_scope
 from . import policy
 from .boundary import BoundaryError, copy_plain
-from .guards import ScriptTypes, guarded_getattr, guarded_hasattr, safe_type, violation
+from .guards import ScriptTypes, SizeGuards, guarded_getattr, guarded_hasattr, safe_type, violation
+from .limits import DEFAULT_LIMITS, ResourceLimits
 from .modules import get_facades
 
 MAX_PRINT_BYTES = 64 * 1024
@@ -71,9 +73,10 @@ def safe_str(exc: BaseException) -> str:
 class PrintCapture:
     """``print`` for scripts: captured per call, capped in bytes."""
 
-    __slots__ = ("parts", "size", "dropped")
+    __slots__ = ("parts", "size", "dropped", "cap")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int = MAX_PRINT_BYTES) -> None:
+        self.cap = cap
         self.parts: list[str] = []
         self.size = 0
         self.dropped = False
@@ -82,7 +85,7 @@ class PrintCapture:
         text = (" " if sep is None else str(sep)).join(str(a) for a in args) + (
             "\n" if end is None else str(end)
         )
-        room = MAX_PRINT_BYTES - self.size
+        room = self.cap - self.size
         if room <= 0:
             self.dropped = True
             return
@@ -107,6 +110,7 @@ class TaskProgram:
         release: int,
         entry: str = "main",
         vm_factory: Callable[[CallScope], Any] | None = None,
+        limits: ResourceLimits = DEFAULT_LIMITS,
     ):
         self.code = code
         self.name = name
@@ -114,13 +118,18 @@ class TaskProgram:
         self.entry = entry
         self.filename = code.co_filename
         self._vm_factory = vm_factory
+        self.limits = limits
+        self._boundary = limits.boundary()
         self._facades: Mapping[str, Any] = get_facades()
-        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import)
+        sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
+        getattr_ = functools.partial(guarded_getattr, sizes=sizes)
+        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import, getattr=getattr_, pow=sizes.pow)
         self._base_globals: dict[str, Any] = {
             "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
             "__name__": f"task.{name}",
             policy.CLOCK: time.monotonic,
-            policy.GETATTR: guarded_getattr,
+            policy.GETATTR: getattr_,
+            policy.ARITH: sizes.arith,
         }
 
     # -- per-call environment ----------------------------------------------------
@@ -164,7 +173,7 @@ class TaskProgram:
     def load_check(self, scope: CallScope) -> None:
         """Execute the module body once, so a release whose top level fails is
         refused at install instead of failing every call."""
-        self._guarded(scope, PrintCapture(), lambda g: None)
+        self._guarded(scope, PrintCapture(self.limits.max_print_bytes), lambda g: None)
 
     # -- one call -------------------------------------------------------------------
 
@@ -174,7 +183,7 @@ class TaskProgram:
         A task with prerequisites is called as ``main(inputs, upstream)`` where
         ``upstream`` maps each prerequisite's name to its (copied) result.
         """
-        output = PrintCapture()
+        output = PrintCapture(self.limits.max_print_bytes)
 
         def run_entry(g: dict[str, Any]) -> Any:
             entry = g.get(self.entry)
@@ -183,7 +192,7 @@ class TaskProgram:
             raw = entry(inputs) if upstream is None else entry(inputs, upstream)
             scope.check()  # a swallowed interrupt (return in finally) still times out
             try:
-                result = copy_plain(raw)
+                result = copy_plain(raw, self._boundary)
             except (BoundaryError, TypeError) as exc:
                 raise TaskError(f"task returned an unsupported result: {exc}",
                                 exc_type="ResultError") from None

@@ -79,6 +79,23 @@ def _is_super_call(node: ast.AST) -> bool:
     )
 
 
+_OP_NAMES = {ast.Mult: "*", ast.Pow: "**", ast.LShift: "<<"}
+
+
+def _growth_op(op: ast.operator) -> bool:
+    return type(op) in _OP_NAMES
+
+
+def _small_constant(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) in (int, float)
+        and abs(node.value) <= policy.SMALL_CONSTANT
+    )
+
+
 def _module_allowed(name: str) -> bool:
     return name in policy.ALLOWED_MODULES or name in {"numpy.linalg", "numpy.random"}
 
@@ -142,6 +159,18 @@ class TaskTransformer(RestrictingNodeTransformer):
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
         return self.node_contents_visit(node)
 
+    # -- arithmetic that can allocate without bound -----------------------------
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = self.node_contents_visit(node)
+        if _growth_op(node.op) and not _small_constant(node.right) and not (
+            isinstance(node.op, ast.Mult) and _small_constant(node.left)
+        ):
+            guarded = _call(policy.ARITH, ast.Constant(_OP_NAMES[type(node.op)]), node.left, node.right)
+            _locate(guarded, node)
+            return guarded
+        return node
+
     # -- assignment ----------------------------------------------------------
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST:
@@ -149,7 +178,17 @@ class TaskTransformer(RestrictingNodeTransformer):
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         # The target's own visit wraps attribute targets in _vm_write_.
-        return self.node_contents_visit(node)
+        node = self.node_contents_visit(node)
+        if _growth_op(node.op) and not _small_constant(node.value) and isinstance(node.target, ast.Name):
+            # n *= k  ->  n = _vm_arith_("*", n, k): same result, size checked first
+            assign = ast.Assign(
+                targets=[node.target],
+                value=_call(policy.ARITH, ast.Constant(_OP_NAMES[type(node.op)]),
+                            ast.Name(id=node.target.id, ctx=ast.Load()), node.value),
+            )
+            _locate(assign, node)
+            return assign
+        return node
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
         return self.node_contents_visit(node)
@@ -195,6 +234,9 @@ class TaskTransformer(RestrictingNodeTransformer):
         )
         body.insert(1 if has_doc else 0, checkpoint_stmt(node))
         return node
+
+    def visit_With(self, node: ast.With) -> ast.AST:
+        return self.node_contents_visit(node)  # plain unpacking, as everywhere else
 
     # -- exceptions ----------------------------------------------------------
 

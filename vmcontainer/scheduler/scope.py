@@ -38,6 +38,16 @@ def current_scope() -> "CallScope | None":
 
 def set_current_scope(scope: "CallScope | None") -> None:
     _local.scope = scope
+
+
+def fault(kind: str, message: str) -> "Interrupt":
+    """An interrupt for a policy violation or a resource limit, remembered on the
+    running call so that swallowing it does not make the call succeed."""
+    intr = Interrupt(kind, message)
+    scope = getattr(_local, "scope", None)
+    if scope is not None and scope.fault is None:
+        scope.fault = intr
+    return intr
 _NEG_INF = float("-inf")
 _PARK_POLL = 0.005
 
@@ -53,16 +63,25 @@ class Interrupt(BaseException):
 
 
 class CallScope:
-    __slots__ = ("call_id", "deadline", "timeout", "cancelled", "gate", "model_time",
-                 "_globals", "_runs", "_lock", "_watched")
+    __slots__ = ("call_id", "deadline", "timeout", "cancelled", "gate", "model_time", "model_runs",
+                 "cpu_budget", "audit_interval", "max_model_runs", "fault", "_cpu_start", "_globals", "_runs", "_lock",
+                 "_watched")
 
-    def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None):
+    def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None,
+                 cpu_budget: float | None = None, audit_interval: float = 0.01,
+                 max_model_runs: int | None = None):
         self.call_id = next(_ids) if call_id is None else call_id
         self.timeout = timeout
         self.deadline = (time.monotonic() if start is None else start) + timeout
         self.cancelled = False
         self.gate: threading.Event | None = None  # set by the lane: open = may run
         self.model_time = 0.0
+        self.model_runs = 0
+        self.cpu_budget = cpu_budget
+        self.audit_interval = audit_interval
+        self.max_model_runs = max_model_runs
+        self.fault: Interrupt | None = None  # a violation or limit hit, even if swallowed
+        self._cpu_start = 0.0
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
         self._lock = threading.Lock()
@@ -73,9 +92,17 @@ class CallScope:
     def bind(self, task_globals: dict[str, Any]) -> None:
         """Attach the call's fresh globals, so cancel() and yields can reach the checkpoints."""
         self._globals = task_globals
+        self._cpu_start = time.thread_time()
         gate = self.gate
         paused = gate is not None and not gate.is_set()
-        task_globals[policy.DEADLINE] = _NEG_INF if (self.cancelled or paused) else self.deadline
+        task_globals[policy.DEADLINE] = _NEG_INF if (self.cancelled or paused) else self._next_stop()
+
+    def _next_stop(self) -> float:
+        """When the checkpoints should next take the slow path: the deadline, or
+        sooner when a CPU budget needs auditing."""
+        if self.cpu_budget is None:
+            return self.deadline
+        return min(self.deadline, time.monotonic() + self.audit_interval)
 
     def checkpoint(self) -> None:
         """Slow path of the injected checkpoints: raise, or park and resume."""
@@ -92,12 +119,17 @@ class CallScope:
                 raise Interrupt("cancelled", "call cancelled")
             if time.monotonic() > self.deadline:
                 raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
+        if self.cpu_budget is not None and time.thread_time() - self._cpu_start > self.cpu_budget:
+            raise Interrupt("limit", f"CPU budget of {self.cpu_budget:.3f}s exhausted")
         g = self._globals
         if g is not None and not self.cancelled:
-            g[policy.DEADLINE] = self.deadline
+            g[policy.DEADLINE] = self._next_stop()
 
     def check(self) -> None:
-        """Host-side checkpoint (no parking: host code is short)."""
+        """Host-side checkpoint (no parking: host code is short).  Also re-raises a
+        policy violation or limit the script swallowed (``return`` in ``finally``)."""
+        if self.fault is not None:
+            raise self.fault
         if self.cancelled:
             raise Interrupt("cancelled", "call cancelled")
         if time.monotonic() > self.deadline:
