@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("bundle")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
+
+    # Command groups that live in their own modules.
+    from . import cli_models, cli_repo
+
+    cli_models.register(sub)
+    cli_repo.register(sub)
     return parser
 
 

@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--key", required=True, metavar="DEVICE.key")
     _add_io(inv)
     inv.set_defaults(func=_cmd_invoke)
+
+    from . import cli_update
+
+    cli_update.register(sub)
     return parser
 
 
