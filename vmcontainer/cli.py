@@ -133,6 +133,50 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
     return _report(args, run)
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    """Install bundles, drive calls at them, print ``Container.metrics()``."""
+    from concurrent.futures import wait
+
+    from .container import Container
+
+    try:
+        inputs = _load_inputs(args)
+        bundles = [Path(b).read_bytes() for b in args.bundle]
+        container = Container(trust=[Path(t) for t in args.trust], device_key=Path(args.key),
+                              workers=args.workers)
+    except (ValueError, OSError) as exc:
+        print(f"vmc stats: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with container:
+        try:
+            names = [container.install(b).name for b in bundles]
+        except VmError as exc:
+            print(f"vmc stats: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return exit_code_for(exc)
+        pending = []
+        for i in range(args.calls):
+            name = args.task or names[i % len(names)]
+            try:
+                pending.append(container.submit(name, inputs, timeout=args.timeout))
+            except VmError:
+                pass  # rejected calls are counted in the metrics
+            if len(pending) >= args.concurrency:
+                wait(pending)
+                pending = []
+        wait(pending)
+        snapshot = container.metrics()
+    if args.json:
+        print(json.dumps(snapshot, sort_keys=True))
+    else:
+        for name, t in snapshot["tasks"].items():
+            lat = t.get("latency", {})
+            print(f"{name:20s} calls {t.get('calls', 0):7d} ok {t.get('successes', 0):7d} "
+                  f"failed {sum(t.get('failures', {}).values()):5d} timeouts {t.get('timeouts', 0):5d} "
+                  f"p50 {lat.get('p50_ms', 0):8.3f} ms p99 {lat.get('p99_ms', 0):8.3f} ms "
+                  f"breaker {t.get('breaker', {}).get('state', '-')}")
+    return EXIT_OK
+
+
 def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="inputs as a JSON string")
     p.add_argument("--input-file", help="inputs from a JSON file")
@@ -156,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--key", required=True, metavar="DEVICE.key")
     _add_io(inv)
     inv.set_defaults(func=_cmd_invoke)
+    st = sub.add_parser("stats", help="install bundles, drive calls, print the container's metrics")
+    st.add_argument("bundle", nargs="+")
+    st.add_argument("--trust", action="append", required=True, metavar="PUBLISHER.pub")
+    st.add_argument("--key", required=True, metavar="DEVICE.key")
+    st.add_argument("--task", help="task to call (default: round-robin over the bundles)")
+    st.add_argument("--calls", type=int, default=100)
+    st.add_argument("--concurrency", type=int, default=8)
+    st.add_argument("--workers", type=int, default=2)
+    _add_io(st)
+    st.set_defaults(func=_cmd_stats)
 
     from . import cli_update
 
