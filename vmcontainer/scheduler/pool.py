@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable
 
 from ..errors import TaskCancelled, TaskTimeout, VmError
-from .scope import CallScope
+from .scope import CallScope, Gate
 
 LANES = ("core", "regular", "low")
 
@@ -64,7 +65,7 @@ class Lane:
             raise ValueError(f"lane {name!r} needs at least one thread")
         self.name = name
         self.max_queue = max_queue
-        self.gate = threading.Event()
+        self.gate = Gate()
         self.gate.set()
         self.running: set[CallScope] = set()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -134,8 +135,10 @@ class Lane:
 class LaneSet:
     """The three lanes plus core-over-lower preemption."""
 
-    def __init__(self, threads: dict[str, int], *, max_queue: int = 10_000, preempt: bool = True):
+    def __init__(self, threads: dict[str, int], *, max_queue: int = 10_000, preempt: bool = True,
+                 resume_grace: float = 0.002):
         self._preempt = preempt
+        self._grace = resume_grace
         self._core_active = 0
         self._lock = threading.Lock()
         self.lanes = {
@@ -170,7 +173,9 @@ class LaneSet:
         with self._lock:
             self._core_active -= 1
             if self._core_active == 0:
+                resume_at = time.monotonic() + self._grace
                 for lower in self._lower():
+                    lower.gate.resume_at = resume_at
                     lower.gate.set()
 
     def depths(self) -> dict[str, int]:

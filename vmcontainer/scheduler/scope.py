@@ -62,6 +62,15 @@ class Interrupt(BaseException):
         self.message = message
 
 
+class Gate(threading.Event):
+    """A lane's run permission: open (set) = its calls may run; ``resume_at`` = a
+    grace time after reopening during which parked calls stay parked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resume_at = 0.0
+
+
 class CallScope:
     __slots__ = ("call_id", "deadline", "timeout", "cancelled", "gate", "model_time", "model_runs",
                  "cpu_budget", "audit_interval", "max_model_runs", "fault", "_cpu_start", "_globals", "_runs", "_lock",
@@ -74,7 +83,7 @@ class CallScope:
         self.timeout = timeout
         self.deadline = (time.monotonic() if start is None else start) + timeout
         self.cancelled = False
-        self.gate: threading.Event | None = None  # set by the lane: open = may run
+        self.gate: Gate | None = None  # set by the lane: open = may run
         self.model_time = 0.0
         self.model_runs = 0
         self.cpu_budget = cpu_budget
@@ -94,7 +103,7 @@ class CallScope:
         self._globals = task_globals
         self._cpu_start = time.thread_time()
         gate = self.gate
-        paused = gate is not None and not gate.is_set()
+        paused = gate is not None and (not gate.is_set() or time.monotonic() < gate.resume_at)
         task_globals[policy.DEADLINE] = _NEG_INF if (self.cancelled or paused) else self._next_stop()
 
     def _next_stop(self) -> float:
@@ -111,10 +120,15 @@ class CallScope:
         if time.monotonic() > self.deadline:
             raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
         gate = self.gate
-        while gate is not None and not gate.is_set():
-            # Parked: the GIL is free for higher lanes.  Poll so cancel and the
-            # deadline are noticed within a few milliseconds.
-            gate.wait(min(_PARK_POLL, max(0.0, self.deadline - time.monotonic())))
+        while gate is not None and (not gate.is_set() or time.monotonic() < gate.resume_at):
+            # Parked: the GIL is free for higher lanes.  After the gate reopens, stay
+            # parked a little longer (``resume_at``) so back-to-back high-priority
+            # calls do not each pay a GIL hand-back.  Poll so cancel and the deadline
+            # are noticed within a few milliseconds.
+            if gate.is_set():
+                time.sleep(min(_PARK_POLL, max(0.0, gate.resume_at - time.monotonic())))
+            else:
+                gate.wait(min(_PARK_POLL, max(0.0, self.deadline - time.monotonic())))
             if self.cancelled:
                 raise Interrupt("cancelled", "call cancelled")
             if time.monotonic() > self.deadline:
