@@ -48,7 +48,7 @@ def run(calls: int, window: int = 64) -> dict[str, object]:
 
     def settled(fut: concurrent.futures.Future) -> None:
         with lock:
-            settle_counts[id(fut)] += 1
+            settle_counts[fut.call_id] += 1  # type: ignore[attr-defined]
 
     with test_container(workers=2, max_queue=1_000_000, breaker_threshold=10**9) as c:
         c.install(build_test_bundle(SOURCE, name="soak", release=1, timeout=1.0))
@@ -70,7 +70,6 @@ def run(calls: int, window: int = 64) -> dict[str, object]:
         t.start()
         start = time.perf_counter()
         inflight: list[concurrent.futures.Future] = []
-        keep: list[concurrent.futures.Future] = []
         for i in range(calls):
             kind = ("ok", "error", "timeout", "ok")[i % 4]
             cancel = i % 16 == 3
@@ -82,9 +81,9 @@ def run(calls: int, window: int = 64) -> dict[str, object]:
             sent["cancel-requested" if cancel else kind] += 1
             inflight.append(f)
             if len(inflight) >= window:
-                _drain(inflight.pop(0), got, keep)
+                _drain(inflight.pop(0), got)
         for f in inflight:
-            _drain(f, got, keep)
+            _drain(f, got)
         elapsed = time.perf_counter() - start
         stop.set()
         t.join()
@@ -92,7 +91,6 @@ def run(calls: int, window: int = 64) -> dict[str, object]:
         gc.collect()
         rss1, threads1 = rss_mb(), threading.active_count()
         snap = c.metrics()["tasks"]["soak"]
-    keep.clear()
     failures = []
     if sum(got.values()) != calls:
         failures.append(f"{sum(got.values())} outcomes for {calls} calls")
@@ -119,8 +117,7 @@ def run(calls: int, window: int = 64) -> dict[str, object]:
     }
 
 
-def _drain(f: concurrent.futures.Future, got: Counter[str], keep: list) -> None:
-    keep.append(f)  # keep it alive: settle counts are keyed by id()
+def _drain(f: concurrent.futures.Future, got: Counter[str]) -> None:
     try:
         f.result(timeout=60)
         got["ok"] += 1
