@@ -25,13 +25,16 @@ from vmcontainer.bundle.keys import (
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    """Create ``path`` fresh: never follow a planted symlink, never reuse a file
+    someone else opened (O_EXCL | O_NOFOLLOW)."""
+    if path.is_symlink():
+        raise FileExistsError(f"{path.name} is a symlink; refusing to write a key through it")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600 if private else 0o644)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
-    os.chmod(path, 0o600 if private else 0o644)
 
 
 def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, str]:
@@ -39,8 +42,13 @@ def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("publisher.key", "publisher.pub", "device.key", "device.pub")
-    if not overwrite and any((out / n).exists() for n in names):
+    present = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    if present and not overwrite:
         raise FileExistsError(f"key files already exist in {out}; refusing to overwrite")
+    for n in present:
+        if (out / n).is_symlink():
+            raise FileExistsError(f"{n} is a symlink; refusing to write a key through it")
+        (out / n).unlink()
     publisher = generate_publisher_key()
     device = generate_device_key()
     _write(out / "publisher.key", private_pem(publisher), private=True)

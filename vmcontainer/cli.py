@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,11 @@ EXIT_OK, EXIT_TASK, EXIT_USAGE, EXIT_BUNDLE, EXIT_POLICY, EXIT_TIMEOUT = 0, 1, 2
 
 
 def to_jsonable(value: Any) -> Any:
-    """Results as JSON: arrays become (nested) lists."""
+    """Results as strict JSON: arrays become (nested) lists, NaN and infinities null."""
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -56,6 +59,8 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def _load_inputs(args: argparse.Namespace) -> Any:
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError("--timeout must be positive")
     if args.input is not None and args.input_file is not None:
         raise ValueError("give --input or --input-file, not both")
     if args.input_file is not None:
@@ -82,7 +87,8 @@ def _report(args: argparse.Namespace, run) -> int:  # type: ignore[no-untyped-de
     except (VmError, ValueError) as exc:
         code = exit_code_for(exc) if isinstance(exc, VmError) else EXIT_TASK
         if args.json:
-            print(json.dumps({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}))
+            print(json.dumps({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}},
+                             allow_nan=False))
         else:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
             tb = getattr(exc, "script_traceback", "")
@@ -91,7 +97,8 @@ def _report(args: argparse.Namespace, run) -> int:  # type: ignore[no-untyped-de
         return code
     elapsed_ms = (time.perf_counter() - start) * 1000
     if args.json:
-        print(json.dumps({"ok": True, "result": to_jsonable(result), "elapsed_ms": round(elapsed_ms, 3)}))
+        print(json.dumps({"ok": True, "result": to_jsonable(result),
+                          "elapsed_ms": round(elapsed_ms, 3)}, allow_nan=False))
     else:
         print(json.dumps(to_jsonable(result), indent=2))
     return EXIT_OK

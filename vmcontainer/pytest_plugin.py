@@ -22,8 +22,9 @@ Why it is built this way:
   (a ``TaskError``) whose message carries the script's traceback with its own
   source lines; a policy violation surfaces as a ``CompileError`` that quotes
   the offending line.  ``pytest.raises(TaskError)`` keeps working.
-* **Cheap to load.**  pytest loads this module in every run of every project
-  in the environment, so nothing heavy is imported until a fixture is used.
+* **No work until used.**  pytest loads this module in every run in the
+  environment; the container and its keys are only made when a test asks for
+  a fixture.
 
 Prerequisites of a task graph can be stubbed: ``run_task(path, inputs,
 upstream={"features": {...}})`` installs, for each name, a tiny task returning
@@ -42,15 +43,16 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import pytest
 
-if TYPE_CHECKING:  # imported lazily at run time: see "Cheap to load" above
-    from vmcontainer.container import Container
-    from vmcontainer.errors import CompileError, TaskError
+from .container import Container
+from .errors import CompileError, TaskError
+from .testing import build_test_bundle, test_container
 
-__all__ = ["TaskRunner", "run_task", "vm_container"]
+__all__ = ["ScriptFailed", "TaskRunner", "run_task", "vm_container"]
 
 DEFAULT_TIMEOUT = 5.0
 """Deadline of a call when the test gives none (the same default as ``run_script``)."""
@@ -65,23 +67,11 @@ _TB_LINE = re.compile(r'^(\s*)File "([^"]+)", line (\d+), in .*$')
 # --------------------------------------------------------------------------- errors
 
 
-def _script_failed_class() -> type:
-    """``ScriptFailed`` is a ``TaskError`` subclass, made on first use (lazy import)."""
-    global _ScriptFailed
-    if _ScriptFailed is None:
-        from vmcontainer.errors import TaskError
+class ScriptFailed(TaskError):
+    """The task script raised; the message shows its traceback with source lines.
 
-        class ScriptFailed(TaskError):
-            """The task script raised; the message shows its traceback with source lines.
-
-            ``script_traceback`` is the container's own traceback, unchanged.
-            """
-
-        _ScriptFailed = ScriptFailed
-    return _ScriptFailed
-
-
-_ScriptFailed: type | None = None
+    ``exc_type`` and ``script_traceback`` are the container's, unchanged.
+    """
 
 
 def annotate_traceback(traceback_text: str, filename: str, source: str) -> str:
@@ -110,8 +100,7 @@ def annotate_traceback(traceback_text: str, filename: str, source: str) -> str:
 def _script_failed(exc: TaskError, filename: str, source: str) -> TaskError:
     tb = annotate_traceback(exc.script_traceback, filename, source) if exc.script_traceback else ""
     message = f"{exc}\n\nScript traceback:\n{tb}" if tb else str(exc)
-    return _script_failed_class()(message, exc_type=exc.exc_type,
-                                  script_traceback=exc.script_traceback)
+    return ScriptFailed(message, exc_type=exc.exc_type, script_traceback=exc.script_traceback)
 
 
 def _compile_failed(exc: CompileError, source: str) -> CompileError:
@@ -152,8 +141,6 @@ def python_literal(value: Any) -> str:
     if t is dict:
         items = (f"{python_literal(k)}: {python_literal(v)}" for k, v in value.items())
         return "{" + ", ".join(items) + "}"
-    import numpy as np
-
     if t is np.ndarray:
         return f"np.array({python_literal(value.tolist())}, dtype={value.dtype.name!r})"
     if isinstance(value, np.generic):
@@ -223,8 +210,6 @@ class TaskRunner:
         quotes the source.
         """
         __tracebackhide__ = True
-        from vmcontainer.errors import CompileError, TaskError
-
         source, filename = _read_script(path_or_source)
         try:
             name = self._ensure(path_or_source, source, filename, models, entry, upstream)
@@ -274,8 +259,6 @@ class TaskRunner:
 
     def _install(self, script: str | os.PathLike, *, name: str, release: int,
                  **manifest: Any) -> None:
-        from vmcontainer.testing import build_test_bundle
-
         self.container.install(build_test_bundle(script, name=name, release=release,
                                                  timeout=MAX_TIMEOUT, **manifest))
 
@@ -316,8 +299,6 @@ def vm_container() -> Iterator[Container]:
     logged by the container at INFO, which pytest shows under "Captured log"
     when a test fails.
     """
-    from vmcontainer.testing import test_container
-
     logger = logging.getLogger("vmcontainer")
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)

@@ -22,6 +22,7 @@ a worker can never make the host instantiate a class of its choosing.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..errors import (
@@ -34,6 +35,7 @@ from ..errors import (
     TaskTimeout,
     VmError,
 )
+from ..inference.profile import DeviceProfile
 from ..sandbox.boundary import DEFAULT_LIMITS as BOUNDARY_LIMITS
 from .codec import CodecLimits
 from .errors import WorkerCrashed
@@ -57,6 +59,13 @@ _PUBLIC_ERRORS: dict[str, type[VmError]] = {
 
 class ProtocolError(Exception):
     """A reply that decodes but is not one of the shapes above."""
+
+
+def init_request(*, workdir: str, memory_bytes: int, max_open_files: int, recursion_limit: int,
+                 program_cache: int, profile: DeviceProfile) -> dict[str, Any]:
+    return {"op": "init", "workdir": workdir, "memory_bytes": memory_bytes,
+            "max_open_files": max_open_files, "recursion_limit": recursion_limit,
+            "program_cache": program_cache, "profile": dataclasses.asdict(profile)}
 
 
 def error_reply(exc: BaseException) -> dict[str, Any]:

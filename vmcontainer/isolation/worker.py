@@ -1,0 +1,205 @@
+"""The worker process: runs verified task code for the host, under OS limits.
+
+Why a process: some task code cannot be stopped or survived in-process - a
+segfault (a deeply nested tuple hashed), one C call that never checks a clock
+(``10**10**8``, regex backtracking, an ONNX ``Loop``), a memory bomb.  In a
+worker the host can SIGKILL it at the deadline and the kernel enforces the
+memory cap; a crash costs one call, not the container.
+
+A worker is a fork of the zygote (``zygote.py``), which has already imported
+numpy, ONNX Runtime and the sandbox and built the facades, so starting one
+costs a fork plus ``_harden`` - not the imports.  It then:
+
+* hardens itself before running anything: only its socket and ``/dev/null``
+  on 0-2 stay open (``faulthandler`` off, so nothing writes to inherited
+  fds), an empty environment, an empty unwritable working directory, and
+  rlimits - address space (memory cap), no file writes, no core dumps, a few
+  descriptors - plus the recursion limit;
+* keeps a small LRU of loaded programs keyed by (task, release, code digest).
+  The host sends a program's marshalled code - bytes of the code object the
+  host already verified, never the bundle - and its model blobs the first
+  time this worker sees it; models get sessions in the worker's own
+  ``ModelHub``, and ``vm.model`` is the host's very ``VmModule``;
+* runs each call as thread mode does (``TaskProgram.call`` with a
+  ``CallScope`` for the time left) and replies with the result or the public
+  error.  A backstop ``ITIMER_REAL`` kills the worker shortly after the
+  deadline even if the host is gone.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import hashlib
+import marshal
+import os
+import resource
+import signal
+import socket
+import sys
+from collections import OrderedDict
+from types import CodeType
+from typing import Any, NamedTuple
+
+from ..errors import TaskError, VmError
+from ..inference.profile import DeviceProfile
+from ..inference.sessions import LoadedModel, ModelHub
+from ..registry import VmModule
+from ..sandbox.modules import get_facades
+from ..sandbox.runtime import TaskProgram
+from ..scheduler.scope import CallScope
+from . import codec
+from .errors import WorkerCrashed
+from .framing import read_frame, write_frame
+from .protocol import REPLY_LIMITS, REQUEST_LIMITS, error_reply, ok_reply
+
+# SIGALRM (default action: terminate) this long after a call's deadline, in case
+# the host died and nobody is left to kill a runaway call.
+BACKSTOP_S = 2.0
+
+ProgramKey = tuple[str, int, str]
+
+
+def preload() -> None:
+    """Everything a worker needs that can be done once in the zygote."""
+    get_facades()
+
+
+class _Info(NamedTuple):
+    name: str
+    release: int
+
+
+class _TaskView:
+    """What ``VmModule`` reads from an ``InstalledTask``, rebuilt in the worker,
+    so a script's ``vm`` module is the same class in both modes."""
+
+    __slots__ = ("info", "models", "hub")
+
+    def __init__(self, name: str, release: int, models: dict[str, LoadedModel], hub: ModelHub):
+        self.info = _Info(name, release)
+        self.models = models
+        self.hub = hub
+
+
+class Programs:
+    """Loaded programs by key, least recently used evicted (with its models)."""
+
+    def __init__(self, hub: ModelHub, capacity: int):
+        self.hub = hub
+        self.capacity = max(1, capacity)
+        self._cache: OrderedDict[ProgramKey, tuple[TaskProgram, _TaskView]] = OrderedDict()
+
+    def get(self, key: ProgramKey, load: dict[str, Any] | None) -> TaskProgram:
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.move_to_end(key)
+            return entry[0]
+        if load is None:
+            raise WorkerCrashed(f"program {key[0]!r} release {key[1]} is not loaded in this worker")
+        entry = self._load(key, load)
+        self._cache[key] = entry
+        while len(self._cache) > self.capacity:
+            _, (_, task) = self._cache.popitem(last=False)
+            self._release(task.models)
+        return entry[0]
+
+    def _load(self, key: ProgramKey, load: dict[str, Any]) -> tuple[TaskProgram, _TaskView]:
+        name, release, digest = key
+        raw = load["code"]
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise WorkerCrashed("program code does not match its digest")
+        code = marshal.loads(raw)
+        if type(code) is not CodeType:
+            raise WorkerCrashed("program is not a code object")
+        models: dict[str, LoadedModel] = {}
+        try:
+            for model_name, (model_digest, blob) in load["models"].items():
+                models[model_name] = self.hub.acquire(model_name, model_digest, blob)
+        except BaseException:
+            self._release(models)
+            raise
+        task = _TaskView(name, release, models, self.hub)
+        program = TaskProgram(code, name=name, release=release, entry=load["entry"],
+                              vm_factory=lambda scope: VmModule(task, scope))  # type: ignore[arg-type]
+        return program, task
+
+    def _release(self, models: dict[str, LoadedModel]) -> None:
+        for model in models.values():
+            self.hub.release(model)
+
+
+def serve(fd: int) -> None:
+    """The worker's whole life: returns when the host closes the connection
+    (the caller then ``os._exit``s) or exits the process on a broken pipe."""
+    _isolate_fds(fd)
+    sock = socket.socket(fileno=fd)
+    init = codec.decode(read_frame(sock, REQUEST_LIMITS.max_bytes), REQUEST_LIMITS)
+    hub = ModelHub(DeviceProfile(**init["profile"]))
+    _harden(init)
+    programs = Programs(hub, init["program_cache"])
+    _send(sock, {"ready": os.getpid()})
+    while True:
+        try:
+            frame = read_frame(sock, REQUEST_LIMITS.max_bytes)
+        except EOFError:
+            return
+        _send(sock, handle(programs, codec.decode(frame, REQUEST_LIMITS)))
+
+
+def handle(programs: Programs, msg: dict[str, Any]) -> dict[str, Any]:
+    """Run one request; always returns a reply (errors included)."""
+    remaining = msg["remaining"]
+    signal.setitimer(signal.ITIMER_REAL, remaining + BACKSTOP_S)
+    try:
+        program = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
+        scope = CallScope(remaining)
+        if msg["op"] == "check":
+            program.load_check(scope)
+            return ok_reply(None, "", scope.model_time)
+        result, printed = program.call(msg["inputs"], scope, msg["upstream"])
+        return ok_reply(result, printed, scope.model_time)
+    except VmError as exc:
+        return error_reply(exc)
+    except Exception as exc:  # a bug or a bad program message, not the script
+        return error_reply(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}"))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _send(sock: socket.socket, reply: dict[str, Any]) -> None:
+    try:
+        payload = codec.encode(reply, REPLY_LIMITS)
+    except (codec.CodecError, MemoryError) as exc:
+        payload = codec.encode(error_reply(TaskError(
+            f"task returned a result that cannot be sent back: {exc}", exc_type="ResultError")))
+    write_frame(sock, payload)
+
+
+def _isolate_fds(keep: int) -> None:
+    """Only ``keep`` and ``/dev/null`` on 0, 1 and 2 stay open."""
+    if keep <= 2:
+        raise RuntimeError("the worker socket must not be a standard descriptor")
+    faulthandler.disable()
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):
+        if null != std:
+            os.dup2(null, std)
+    top = max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], keep + 1, null + 1)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, top)
+
+
+def _harden(init: dict[str, Any]) -> None:
+    """Everything that can be taken away before task code runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.chdir(init["workdir"])
+    os.environ.clear()
+    sys.setrecursionlimit(init["recursion_limit"])
+    for limit, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, 0),
+        (resource.RLIMIT_NOFILE, init["max_open_files"]),
+        (resource.RLIMIT_AS, init["memory_bytes"]),
+    ):
+        resource.setrlimit(limit, (value, value))
+
