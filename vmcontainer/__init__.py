@@ -2,7 +2,7 @@
 
 Public API (see README.md)::
 
-    Container, TaskInfo, DeviceProfile
+    Container, TaskInfo, CallFuture, DeviceProfile, ResourceLimits
     errors: VmError, BundleError (+ subclasses), CompileError, SandboxViolation,
             TaskTimeout, TaskCancelled, TaskError, TaskNotFound, ResourceLimitExceeded,
             ModelError, ModelInputError, InvalidInputs, QueueFull, CircuitOpen,
@@ -39,6 +39,7 @@ from .errors import (  # noqa: E402
 from .container import Container, InvalidInputs  # noqa: E402
 from .inference.profile import DeviceProfile  # noqa: E402
 from .registry import TaskInfo  # noqa: E402
+from .sandbox.limits import ResourceLimits  # noqa: E402
 from .scheduler.graph import TaskGraphError  # noqa: E402
 from .scheduler.pool import CallFuture, QueueFull  # noqa: E402
 
@@ -47,6 +48,7 @@ __all__ = [
     "Container",
     "TaskInfo",
     "DeviceProfile",
+    "ResourceLimits",
     "VmError",
     "BundleError",
     "BundleTooLarge",
