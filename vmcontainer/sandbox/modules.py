@@ -110,14 +110,17 @@ import re
 import statistics
 import string
 import threading
+import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import regex
 
 from ..errors import ResourceLimitExceeded, SandboxViolation
+from ..scheduler.scope import Interrupt, current_scope
 from . import policy
 from .facade import Facade, make_facade
 
@@ -384,6 +387,45 @@ def _datetime() -> Facade:
 
 
 # --- re, string ------------------------------------------------------------------------
+#
+# Catastrophic backtracking (``re.match(r'(a|aa)+$', 'a' * 40 + 'b')``) is one C call that
+# no checkpoint can stop.  So the ``re`` facade runs on the third-party ``regex`` engine in
+# VERSION0 (re-compatible) mode: its matching takes a ``timeout``.  Every matching call gets
+# what is left of the call's deadline, and running out raises ``Interrupt("timeout")``,
+# which the runtime turns into ``TaskTimeout``.  Scripts see stdlib ``re``'s API and syntax:
+# a pattern must compile under stdlib ``re`` first, then it is re-spelled so that ``regex``
+# reads it the same way (see ``_regex_spelling``).  ``Pattern`` and ``Match`` wrap the
+# engine's objects, so no attribute leads to an unbounded matcher.
+#
+# Limits: ``regex`` measures its timeout in process CPU time (C ``clock()``), checked
+# every 256 steps of the matcher.  On a loaded machine the call ends after the deadline by
+# the CPU time it did not get; other threads' CPU time can end it early, which is retried
+# below.  Cancelling a call does not stop a match already running: it stops at the deadline.
+# Compiling is uninterruptible host work (up to ~0.2 s for a ``MAX_PATTERN_CHARS`` pattern).
+
+MAX_PATTERN_CHARS = 10_000
+"""Longest pattern the ``re`` facade compiles."""
+
+REGEX_DEFAULT_TIMEOUT = 1.0
+"""Time limit in seconds of one ``re`` matching call made outside a task call."""
+
+# A match that stopped with at least this much of the deadline left stopped early (other
+# threads advanced regex's CPU clock): it is run again with what is left.
+_REGEX_RETRY_MIN = 0.005
+_REGEX_MAX_TIMEOUT = 86_400.0  # regex keeps the timeout in clock ticks: keep it finite
+_REGEX_TIMEOUT_MESSAGE = "regex matching exceeded the call deadline"
+_RE_TO_REGEX_FLAGS = tuple((int(std), int(rx)) for std, rx in (
+    (re.IGNORECASE, regex.IGNORECASE), (re.LOCALE, regex.LOCALE),
+    (re.MULTILINE, regex.MULTILINE), (re.DOTALL, regex.DOTALL), (re.UNICODE, regex.UNICODE),
+    (re.VERBOSE, regex.VERBOSE), (re.ASCII, regex.ASCII),
+))
+_RE_FLAGS = functools.reduce(operator.or_, (std for std, _ in _RE_TO_REGEX_FLAGS))
+# regex behaviours stdlib re does not have (fuzzy best/enhanced match, full case folding,
+# POSIX leftmost-longest, reverse search, Unicode word boundaries, VERSION1, debug output).
+_REGEX_ONLY_FLAGS = int(regex.BESTMATCH | regex.ENHANCEMATCH | regex.FULLCASE | regex.POSIX
+                        | regex.REVERSE | regex.WORD | regex.VERSION1 | regex.DEBUG)
+_STDLIB_REPEAT_BODY = re.compile(r"[0-9]*(?:,[0-9]*)?\}")  # what follows '{' in 'a{2,3}'
+_PATTERN_CACHE_SIZE = 512
 
 
 def _re_flags(flags: Any) -> Any:
@@ -392,43 +434,483 @@ def _re_flags(flags: Any) -> Any:
     return flags
 
 
+def _regex_flags(flags: int) -> int:
+    unknown = flags & ~_RE_FLAGS
+    if unknown:
+        raise ValueError(f"re flags {unknown:#x} are not supported")
+    out = int(regex.VERSION0)
+    for std, rx in _RE_TO_REGEX_FLAGS:
+        if flags & std:
+            out |= rx
+    return out
+
+
+def _regex_spelling(pattern: str) -> str:
+    """``pattern`` (which stdlib ``re`` accepted) spelled so that ``regex`` reads it the same way.
+
+    Two spellings that stdlib ``re`` reads as literals mean something else to ``regex``,
+    even in VERSION0: a ``{`` that opens no counted repeat can open fuzzy-matching
+    constraints (``a{e<=1}``), and ``[:`` inside a set opens a POSIX class
+    (``[[:digit:]]``).  Both get a backslash.  ``\\{`` and ``\\:`` are the same literal to
+    both engines, in a set or out of one, and in a verbose-mode comment they change nothing.
+    """
+    if "{" not in pattern and "[:" not in pattern:
+        return pattern
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            if pattern.startswith("N{", i + 1):  # \N{NAME}: the braces belong to the escape
+                end = pattern.find("}", i + 3)
+                end = n if end < 0 else end + 1
+            else:
+                end = i + 2
+            out.append(pattern[i:end])
+            i = end
+            continue
+        if ch == "{" and (pattern.startswith("}", i + 1)
+                          or not _STDLIB_REPEAT_BODY.match(pattern, i + 1)):
+            out.append("\\{")
+        elif ch == "[" and pattern.startswith(":", i + 1):
+            out.append("[\\:")
+            i += 1
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _re_error(exc: Exception, pattern: Any = None) -> re.error:
+    return re.error(str(getattr(exc, "msg", None) or exc), pattern)
+
+
+def _bounded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args, timeout=...)`` with what is left of the call's deadline.
+
+    Only for calls that run no script code: a call that stopped early is run again.
+    """
+    scope = current_scope()
+    deadline = (scope.deadline if scope is not None
+                else time.monotonic() + REGEX_DEFAULT_TIMEOUT)
+    while True:
+        if scope is not None:
+            scope.check()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Interrupt("timeout", _REGEX_TIMEOUT_MESSAGE)
+        try:
+            return fn(*args, timeout=min(remaining, _REGEX_MAX_TIMEOUT))
+        except TimeoutError:
+            if scope is not None and scope.cancelled:
+                raise Interrupt("cancelled", "call cancelled") from None
+            if deadline - time.monotonic() < _REGEX_RETRY_MIN:
+                raise Interrupt("timeout", _REGEX_TIMEOUT_MESSAGE) from None
+        except regex.error as exc:  # bad replacement templates
+            raise _re_error(exc) from None
+
+
+class Pattern:
+    """A compiled regular expression (stdlib ``re.Pattern``'s API).
+
+    Matching is bounded by the call's deadline.  Made by ``re.compile``.
+    """
+
+    __slots__ = ("_vm_flags", "_vm_groupindex", "_vm_pattern", "_vm_rx")
+    __module__ = "re"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("cannot create 're.Pattern' instances; use re.compile")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("type 're.Pattern' is not an acceptable base type")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+    @property
+    def pattern(self):
+        """The pattern string from which the pattern object was compiled."""
+        return self._vm_pattern
+
+    @property
+    def flags(self):
+        """The regex matching flags (stdlib ``re`` values)."""
+        return self._vm_flags
+
+    @property
+    def groups(self):
+        """The number of capturing groups in the pattern."""
+        return self._vm_rx.groups
+
+    @property
+    def groupindex(self):
+        """A mapping of group names to group numbers."""
+        return self._vm_groupindex
+
+    def match(self, string, pos=0, endpos=None):
+        """Match at the start of ``string[pos:endpos]``: a Match, or None."""
+        return _new_match(_bounded(self._vm_rx.match, string, pos, endpos), self)
+
+    def fullmatch(self, string, pos=0, endpos=None):
+        """Match all of ``string[pos:endpos]``: a Match, or None."""
+        return _new_match(_bounded(self._vm_rx.fullmatch, string, pos, endpos), self)
+
+    def search(self, string, pos=0, endpos=None):
+        """The first match anywhere in ``string[pos:endpos]``: a Match, or None."""
+        return _new_match(_bounded(self._vm_rx.search, string, pos, endpos), self)
+
+    def findall(self, string, pos=0, endpos=None):
+        """All non-overlapping matches: strings, or tuples of groups."""
+        return _bounded(self._vm_rx.findall, string, pos, endpos)
+
+    def finditer(self, string, pos=0, endpos=None):
+        """An iterator of Match objects over the non-overlapping matches."""
+        return _MatchIterator._vm_new(self, string, pos, endpos)
+
+    def split(self, string, maxsplit=0):
+        """Split ``string`` by the matches."""
+        return _bounded(self._vm_rx.split, string, maxsplit)
+
+    def sub(self, repl, string, count=0):
+        """``string`` with matches replaced by ``repl`` (a template, or a function of a Match)."""
+        return self._vm_subn(repl, string, count)[0]
+
+    def subn(self, repl, string, count=0):
+        """Like ``sub``, and the number of replacements: ``(new_string, n)``."""
+        return self._vm_subn(repl, string, count)
+
+    def _vm_subn(self, repl, string, count):
+        count = operator.index(count)
+        if not callable(repl):
+            return _bounded(self._vm_rx.subn, repl, string, count)
+        # ``repl`` is (most likely) script code: it must not run again when a step is
+        # retried, so the matches come one step at a time from a bounded iterator.
+        it = _MatchIterator._vm_new(self, string, 0, None)
+        limit = None if count == 0 else max(count, 0)  # stdlib: count < 0 replaces nothing
+        pieces = []
+        last = n = 0
+        while limit is None or n < limit:
+            raw = it._vm_next_raw()
+            if raw is None:
+                break
+            start, end = raw.span()
+            pieces.append(string[last:start])
+            piece = repl(_new_match(raw, self, it._vm_pos_override))
+            if piece is not None:  # as in stdlib re: None replaces with nothing
+                pieces.append(piece)
+            last = end
+            n += 1
+        pieces.append(string[last:])
+        return ("" if isinstance(string, str) else b"").join(pieces), n
+
+    def __eq__(self, other):
+        if not isinstance(other, Pattern):
+            return NotImplemented
+        return (type(self._vm_pattern) is type(other._vm_pattern)
+                and self._vm_pattern == other._vm_pattern and self._vm_flags == other._vm_flags)
+
+    def __hash__(self):
+        return hash((self._vm_pattern, self._vm_flags))
+
+    def __repr__(self) -> str:
+        shown = repr(self._vm_pattern)[:200]
+        flags = self._vm_flags & ~(re.UNICODE if isinstance(self._vm_pattern, str) else 0)
+        if flags:
+            return f"re.compile({shown}, {re.RegexFlag(flags)!r})"
+        return f"re.compile({shown})"
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self) -> Any:
+        raise SandboxViolation("re patterns cannot be pickled")
+
+
+class Match:
+    """The result of a successful match (stdlib ``re.Match``'s API)."""
+
+    __slots__ = ("_vm_m", "_vm_pos", "_vm_re")
+    __module__ = "re"
+    __iter__ = None  # like stdlib: m[0] works, iter(m) does not
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("cannot create 're.Match' instances")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("type 're.Match' is not an acceptable base type")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+    def group(self, *groups):
+        """One or more subgroups of the match (group 0 is the whole match)."""
+        return self._vm_m.group(*groups)
+
+    def __getitem__(self, group):
+        return self._vm_m[group]
+
+    def groups(self, default=None):
+        """A tuple of all the subgroups; ``default`` for groups that did not participate."""
+        return self._vm_m.groups(default)
+
+    def groupdict(self, default=None):
+        """A dict of the named subgroups."""
+        return self._vm_m.groupdict(default)
+
+    def start(self, group=0):
+        """Index of the start of the substring matched by ``group``."""
+        return self._vm_m.start(group)
+
+    def end(self, group=0):
+        """Index of the end of the substring matched by ``group``."""
+        return self._vm_m.end(group)
+
+    def span(self, group=0):
+        """``(start, end)`` of ``group``."""
+        return self._vm_m.span(group)
+
+    def expand(self, template):
+        """``template`` with backslash escapes and group references filled in."""
+        try:
+            return self._vm_m.expand(template)
+        except regex.error as exc:
+            raise _re_error(exc) from None
+
+    @property
+    def string(self):
+        """The string passed to match() or search()."""
+        return self._vm_m.string
+
+    @property
+    def re(self):
+        """The pattern object whose match() or search() produced this match."""
+        return self._vm_re
+
+    @property
+    def pos(self):
+        """The index into the string at which the search started."""
+        return self._vm_m.pos if self._vm_pos is None else self._vm_pos
+
+    @property
+    def endpos(self):
+        """The index into the string beyond which the search did not go."""
+        return self._vm_m.endpos
+
+    @property
+    def lastindex(self):
+        """The integer index of the last matched capturing group."""
+        return self._vm_m.lastindex
+
+    @property
+    def lastgroup(self):
+        """The name of the last matched capturing group (None if it has no name)."""
+        # Not regex's lastgroup: that names the last *named* group that matched.
+        index = self._vm_m.lastindex
+        if index is not None:
+            for name, number in self._vm_re._vm_groupindex.items():
+                if number == index:
+                    return name
+        return None
+
+    @property
+    def regs(self):
+        """The spans of all the groups."""
+        return self._vm_m.regs
+
+    def __repr__(self) -> str:
+        return f"<re.Match object; span={self._vm_m.span()!r}, match={self._vm_m.group()!r}>"
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self) -> Any:
+        raise SandboxViolation("re matches cannot be pickled")
+
+
+def _new_match(raw: Any, pattern: Pattern, pos: int | None = None) -> Match | None:
+    if raw is None:
+        return None
+    m = object.__new__(Match)
+    m._vm_m = raw
+    m._vm_re = pattern
+    m._vm_pos = pos
+    return m
+
+
+class _MatchIterator:
+    """What ``finditer`` returns: one match per step, each step bounded by the deadline.
+
+    ``regex`` times a whole scan from its start, in process CPU time.  A step that stops
+    with time left (other threads' CPU time) restarts the scan where the last match ended.
+    """
+
+    __slots__ = ("_vm_deadline", "_vm_endpos", "_vm_last_empty", "_vm_pattern", "_vm_pos",
+                 "_vm_pos_override", "_vm_resume", "_vm_scanner", "_vm_skip_empty", "_vm_string")
+    __module__ = "re"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("cannot create match iterators; use re.finditer")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("match iterators cannot be subclassed")
+
+    @classmethod
+    def _vm_new(cls, pattern: Pattern, string: Any, pos: Any, endpos: Any) -> _MatchIterator:
+        it = object.__new__(cls)
+        it._vm_pattern = pattern
+        it._vm_string = string
+        it._vm_pos = pos
+        it._vm_endpos = endpos
+        scope = current_scope()
+        it._vm_deadline = None if scope is not None else time.monotonic() + REGEX_DEFAULT_TIMEOUT
+        it._vm_resume = pos  # where the last match ended
+        it._vm_last_empty = False  # whether that match was empty
+        it._vm_skip_empty = False  # whether this scan may return it again
+        it._vm_pos_override = None
+        it._vm_scanner = it._vm_scan(pos, scope)  # checks the types and pos now, as stdlib does
+        return it
+
+    def _vm_scan(self, pos: Any, scope: Any) -> Any:
+        if scope is not None:
+            scope.check()
+        deadline = scope.deadline if scope is not None else self._vm_deadline
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Interrupt("timeout", _REGEX_TIMEOUT_MESSAGE)
+        return self._vm_pattern._vm_rx.finditer(self._vm_string, pos, self._vm_endpos,
+                                                timeout=min(remaining, _REGEX_MAX_TIMEOUT))
+
+    def _vm_next_raw(self) -> Any:
+        while True:
+            scanner = self._vm_scanner
+            if scanner is None:
+                return None
+            scope = current_scope()
+            if scope is not None:
+                scope.check()
+            try:
+                raw = next(scanner)
+            except StopIteration:
+                self._vm_scanner = None
+                return None
+            except TimeoutError:
+                deadline = scope.deadline if scope is not None else self._vm_deadline
+                if scope is not None and scope.cancelled:
+                    raise Interrupt("cancelled", "call cancelled") from None
+                if deadline - time.monotonic() < _REGEX_RETRY_MIN:
+                    self._vm_scanner = None
+                    raise Interrupt("timeout", _REGEX_TIMEOUT_MESSAGE) from None
+                # Stopped early: scan again from the end of the last match.  After an
+                # empty match there, the scan must not return that same empty match.
+                self._vm_scanner = self._vm_scan(self._vm_resume, scope)
+                self._vm_skip_empty = self._vm_last_empty
+                self._vm_pos_override = self._vm_pos
+                continue
+            start, end = raw.span()
+            if self._vm_skip_empty:
+                self._vm_skip_empty = False
+                if start == end == self._vm_resume:
+                    continue
+            self._vm_resume = end
+            self._vm_last_empty = start == end
+            return raw
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raw = self._vm_next_raw()
+        if raw is None:
+            raise StopIteration
+        return _new_match(raw, self._vm_pattern, self._vm_pos_override)
+
+    def __reduce__(self) -> Any:
+        raise SandboxViolation("match iterators cannot be pickled")
+
+
+def _compile(pattern: Any, flags: Any = 0) -> Pattern:
+    if isinstance(pattern, Pattern):
+        if flags:
+            raise ValueError("cannot process flags argument with a compiled pattern")
+        return pattern
+    flags = int(operator.index(_re_flags(flags)))
+    # An exact str/bytes copy: a script's subclass cannot change how it reads.
+    if isinstance(pattern, str):
+        pattern = str.__str__(pattern)
+    elif isinstance(pattern, bytes):
+        pattern = b"".join((pattern,))
+    else:
+        raise TypeError("first argument must be string or compiled pattern")
+    _limit(len(pattern), MAX_PATTERN_CHARS, "re pattern length")
+    return _compile_cached(pattern, flags)
+
+
+@functools.lru_cache(maxsize=_PATTERN_CACHE_SIZE)
+def _compile_cached(pattern: str | bytes, flags: int) -> Pattern:
+    std = re.compile(pattern, flags)  # stdlib syntax only, and stdlib's errors
+    rx_flags = _regex_flags(flags)
+    if isinstance(pattern, str):
+        source: str | bytes = _regex_spelling(pattern)
+    else:
+        source = _regex_spelling(pattern.decode("latin-1")).encode("latin-1")
+    try:
+        rx = regex.compile(source, rx_flags)
+    except regex.error as exc:
+        raise _re_error(exc, pattern) from None
+    if (rx.flags & _REGEX_ONLY_FLAGS or rx.groups != std.groups
+            or dict(rx.groupindex) != dict(std.groupindex)):
+        raise re.error("pattern not supported in the sandbox (engines disagree)", pattern)
+    p = object.__new__(Pattern)
+    p._vm_rx = rx
+    p._vm_pattern = pattern
+    p._vm_flags = std.flags
+    p._vm_groupindex = std.groupindex
+    return p
+
+
 def _re() -> Facade:
     def compile(pattern, flags=0):
-        return re.compile(pattern, _re_flags(flags))
+        return _compile(pattern, flags)
 
     def search(pattern, string, flags=0):
-        return re.search(pattern, string, _re_flags(flags))
+        return _compile(pattern, flags).search(string)
 
     def match(pattern, string, flags=0):
-        return re.match(pattern, string, _re_flags(flags))
+        return _compile(pattern, flags).match(string)
 
     def fullmatch(pattern, string, flags=0):
-        return re.fullmatch(pattern, string, _re_flags(flags))
+        return _compile(pattern, flags).fullmatch(string)
 
     def findall(pattern, string, flags=0):
-        return re.findall(pattern, string, _re_flags(flags))
+        return _compile(pattern, flags).findall(string)
 
     def finditer(pattern, string, flags=0):
-        return re.finditer(pattern, string, _re_flags(flags))
+        return _compile(pattern, flags).finditer(string)
 
     def split(pattern, string, maxsplit=0, flags=0):
-        return re.split(pattern, string, maxsplit=maxsplit, flags=_re_flags(flags))
+        return _compile(pattern, flags).split(string, maxsplit)
 
     def sub(pattern, repl, string, count=0, flags=0):
-        return re.sub(pattern, repl, string, count=count, flags=_re_flags(flags))
+        return _compile(pattern, flags).sub(repl, string, count)
 
     def subn(pattern, repl, string, count=0, flags=0):
-        return re.subn(pattern, repl, string, count=count, flags=_re_flags(flags))
+        return _compile(pattern, flags).subn(repl, string, count)
 
     members: dict[str, Any] = {}
     for fn in (compile, search, match, fullmatch, findall, finditer, split, sub, subn):
         members[fn.__name__] = _named(fn, fn.__name__, "re", getattr(re, fn.__name__).__doc__)
     members.update(_pick(
         re,
-        ["escape", "error", "Pattern", "Match", "IGNORECASE", "I", "MULTILINE", "M", "DOTALL",
+        ["escape", "error", "IGNORECASE", "I", "MULTILINE", "M", "DOTALL",
          "S", "VERBOSE", "X", "ASCII", "A", "UNICODE", "U"],
         optional=["NOFLAG"],
     ))
+    members.update(Pattern=Pattern, Match=Match)
     return _facade("re", members)
 
 
@@ -436,7 +918,12 @@ class Template(string.Template):
     __doc__ = string.Template.__doc__
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # string.Template compiles a subclass's pattern with the subclass's flags.
+        # string.Template compiles a subclass's pattern with stdlib re and the
+        # subclass's flags: a script's own pattern would run in an engine with no
+        # deadline (catastrophic backtracking hangs the worker).
+        for name in ("pattern", "idpattern", "braceidpattern"):
+            if name in cls.__dict__:
+                raise SandboxViolation(f"string.Template subclasses cannot set {name}")
         flags = cls.flags
         if not isinstance(flags, int) or flags & re.DEBUG:
             raise SandboxViolation("string.Template flags must be re flags without re.DEBUG")
