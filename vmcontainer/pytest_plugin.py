@@ -16,8 +16,8 @@ Why it is built this way:
   test sees the same results, deadlines and errors as a device.
 * **Fast.**  One container serves the whole test session (``vm_container``),
   and each distinct (source, models, entry, requires) is built and installed
-  once under a unique task name; running it again is a plain ``invoke``
-  (tens of microseconds plus the task itself).
+  once under a unique task name; running it again costs a digest of the
+  source and a plain ``invoke`` (well under a millisecond plus the task).
 * **Readable failures.**  A script that raises surfaces as ``ScriptFailed``
   (a ``TaskError``) whose message carries the script's traceback with its own
   source lines; a policy violation surfaces as a ``CompileError`` that quotes
@@ -300,10 +300,14 @@ def vm_container() -> Iterator[Container]:
     when a test fails.
     """
     logger = logging.getLogger("vmcontainer")
-    if logger.level == logging.NOTSET:
+    level = logger.level
+    if level == logging.NOTSET:  # the user's own logging configuration wins
         logger.setLevel(logging.INFO)
-    with test_container(workers=2, max_timeout=MAX_TIMEOUT, breaker_threshold=1 << 30) as c:
-        yield c
+    try:
+        with test_container(workers=2, max_timeout=MAX_TIMEOUT, breaker_threshold=1 << 30) as c:
+            yield c
+    finally:
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

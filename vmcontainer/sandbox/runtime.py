@@ -15,7 +15,6 @@ line numbers only.
 from __future__ import annotations
 
 import builtins
-import functools
 import re
 import time
 import traceback
@@ -41,7 +40,7 @@ MAX_PRINT_BYTES = 64 * 1024
 _SCOPE = "_vm_scope_"
 # Modules that C code running under a script frame may import for its own use.
 _C_INTERNAL_IMPORTS = frozenset({"time", "_strptime", "locale", "calendar", "encodings",
-                                 "codecs", "unicodedata", "copyreg", "_datetime"})
+                                 "codecs", "unicodedata", "copyreg", "_datetime", "numpy"})
 _VM = "_vm_module_"
 MAX_MESSAGE_CHARS = 2000
 _HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@ ]+)+[/\\]?")
@@ -54,6 +53,22 @@ _BUILTINS_TEMPLATE.update(
     format=format,
     __build_class__=builtins.__build_class__,  # the class statement; scripts cannot name it
 )
+
+
+def _bind_getattr(sizes: SizeGuards) -> Callable[..., Any]:
+    """The script's ``getattr``: a closure, not a ``functools.partial`` - a partial's
+    ``keywords`` dict is public and shared by every call of the release."""
+    missing = _MISSING
+
+    def getattr(obj: Any, name: Any, default: Any = missing) -> Any:  # noqa: A001
+        if default is missing:
+            return guarded_getattr(obj, name, sizes=sizes)
+        return guarded_getattr(obj, name, default, sizes=sizes)
+
+    return getattr
+
+
+_MISSING = object()
 
 
 def scrub(text: str) -> str:
@@ -71,7 +86,11 @@ def safe_str(exc: BaseException) -> str:
 
 
 class PrintCapture:
-    """``print`` for scripts: captured per call, capped in bytes."""
+    """Captured, byte-capped ``print`` output of one call.
+
+    Scripts get ``PrintCapture.function()`` - a plain closure - never this object,
+    so they cannot reach the buffer (and bypass the cap) through attributes.
+    """
 
     __slots__ = ("parts", "size", "dropped", "cap")
 
@@ -81,19 +100,29 @@ class PrintCapture:
         self.size = 0
         self.dropped = False
 
-    def __call__(self, *args: Any, sep: str | None = " ", end: str | None = "\n") -> None:
-        text = (" " if sep is None else str(sep)).join(str(a) for a in args) + (
-            "\n" if end is None else str(end)
-        )
+    def function(self) -> Callable[..., None]:
+        capture = self
+
+        def print(*args: Any, sep: Any = " ", end: Any = "\n") -> None:  # noqa: A001
+            sep = " " if sep is None else str(sep)
+            end = "\n" if end is None else str(end)
+            for i, arg in enumerate(args):
+                if capture.size >= capture.cap:  # stop building what would be dropped
+                    capture.dropped = True
+                    return
+                capture._add((sep if i else "") + str(arg))
+            capture._add(end)
+
+        return print
+
+    def _add(self, text: str) -> None:
         room = self.cap - self.size
-        if room <= 0:
-            self.dropped = True
-            return
         if len(text) > room:
-            text = text[:room]
+            text = text[:max(room, 0)]
             self.dropped = True
-        self.parts.append(text)
-        self.size += len(text)
+        if text:
+            self.parts.append(text)
+            self.size += len(text)
 
     def text(self) -> str:
         return "".join(self.parts) + ("\n[print output truncated]\n" if self.dropped else "")
@@ -122,7 +151,7 @@ class TaskProgram:
         self._boundary = limits.boundary()
         self._facades: Mapping[str, Any] = get_facades()
         sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
-        getattr_ = functools.partial(guarded_getattr, sizes=sizes)
+        getattr_ = _bind_getattr(sizes)
         builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import, getattr=getattr_, pow=sizes.pow)
         self._base_globals: dict[str, Any] = {
             "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
@@ -136,7 +165,7 @@ class TaskProgram:
 
     def new_globals(self, scope: CallScope, output: PrintCapture) -> dict[str, Any]:
         g = dict(self._base_globals)
-        g["print"] = output  # a reserved name: scripts cannot rebind it
+        g["print"] = output.function()  # a reserved name: scripts cannot rebind it
         types_ = ScriptTypes(g)
         g[policy.WRITE] = types_.write
         g[policy.METACLASS] = types_.metaclass
@@ -203,29 +232,46 @@ class TaskProgram:
 
     def _guarded(self, scope: CallScope, output: PrintCapture,
                  body: Callable[[dict[str, Any]], Any]) -> Any:
-        """Execute the module in fresh globals, then ``body``; make every error public."""
+        """Execute the module in fresh globals, then ``body``; make every error public.
+
+        The public error is built from strings only and raised *outside* the
+        ``except`` block, so neither ``__context__`` nor a traceback carries the
+        script's exception, frames or globals to the host.  When the call is over
+        its scope is closed: task code the host's garbage collector may still
+        resume later (a suspended generator's ``finally``) stops at its first
+        checkpoint.
+        """
         set_current_scope(scope)
+        public: VmError | None = None
         try:
             scope.check()
             g = self.new_globals(scope, output)
             exec(self.code, g)
             return body(g)
         except Interrupt as intr:
-            raise _public_interrupt(intr) from None
-        except TaskError:
-            raise
-        except VmError as exc:  # re-created: no script frames or objects leave with it
-            raise type(exc)(safe_str(exc)) from None
+            public = _public_interrupt(intr)
         except MemoryError:
-            raise ResourceLimitExceeded("the task ran out of memory") from None
+            public = ResourceLimitExceeded("the task ran out of memory")
         except BaseException as exc:  # SystemExit and friends never pass the boundary
-            raise TaskError(
-                f"{type(exc).__name__}: {safe_str(exc)}",
-                exc_type=type(exc).__name__,
-                script_traceback=self._script_traceback(exc),
-            ) from None
+            public = self._public_error(exc)
         finally:
+            scope.close()
             set_current_scope(None)
+        raise public
+
+    def _public_error(self, exc: BaseException) -> VmError:
+        """A fresh instance of a vmcontainer-defined class, from strings only."""
+        if isinstance(exc, VmError):
+            cls = next(c for c in type(exc).__mro__ if c.__module__.startswith("vmcontainer."))
+            if type(exc) is cls:  # raised by the host (or re-raised unchanged)
+                if cls is TaskError:
+                    return TaskError(safe_str(exc), exc_type=str(exc.exc_type),
+                                     script_traceback=str(exc.script_traceback))
+                return cls(safe_str(exc))
+            # a task-defined subclass of one of our errors: the script raised it
+        name = _type_name(exc)
+        return TaskError(f"{name}: {safe_str(exc)}", exc_type=name,
+                         script_traceback=self._script_traceback(exc))
 
     def _script_traceback(self, exc: BaseException) -> str:
         frames = [
@@ -234,8 +280,13 @@ class TaskProgram:
             if fs.filename == self.filename
         ]
         return "Traceback (most recent call last):\n" + "\n".join(frames) + (
-            f"\n{type(exc).__name__}: {safe_str(exc)}"
+            f"\n{_type_name(exc)}: {safe_str(exc)}"
         )
+
+
+def _type_name(exc: BaseException) -> str:
+    name = type(exc).__name__
+    return name if type(name) is str else "Exception"
 
 
 def _public_interrupt(intr: Interrupt) -> VmError:

@@ -73,7 +73,7 @@ class Gate(threading.Event):
 
 class CallScope:
     __slots__ = ("call_id", "deadline", "timeout", "cancelled", "gate", "model_time", "model_runs",
-                 "cpu_budget", "audit_interval", "max_model_runs", "fault", "_cpu_start", "_globals", "_runs", "_lock",
+                 "cpu_budget", "audit_interval", "max_model_runs", "fault", "closed", "_cpu_start", "_globals", "_runs", "_lock",
                  "_watched")
 
     def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None,
@@ -90,6 +90,7 @@ class CallScope:
         self.audit_interval = audit_interval
         self.max_model_runs = max_model_runs
         self.fault: Interrupt | None = None  # a violation or limit hit, even if swallowed
+        self.closed = False  # the call is over: no more task code may run under it
         self._cpu_start = 0.0
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
@@ -115,6 +116,8 @@ class CallScope:
 
     def checkpoint(self) -> None:
         """Slow path of the injected checkpoints: raise, or park and resume."""
+        if self.closed:
+            raise Interrupt("cancelled", "the call is over")
         if self.cancelled:
             raise Interrupt("cancelled", "call cancelled")
         if time.monotonic() > self.deadline:
@@ -168,6 +171,15 @@ class CallScope:
         self.cancelled = True
         self.request_yield()
         self.terminate_runs()
+
+    def close(self) -> None:
+        """The call is over: any task code still resumed later (by the garbage
+        collector finalising a generator) stops at its first checkpoint."""
+        self.closed = True
+        g = self._globals
+        if g is not None:
+            g[policy.DEADLINE] = _NEG_INF
+        self._globals = None
 
     def should_watch(self) -> bool:
         """True once per scope: the first model run registers it with the watchdog."""
