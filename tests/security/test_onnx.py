@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from vmcontainer import (
-    CompileError, ModelError, ModelInputError, ResourceLimitExceeded, SandboxViolation, TaskError,
+    CompileError,
+    ModelError,
+    ModelInputError,
+    ResourceLimitExceeded,
+    SandboxViolation,
+    TaskError,
     TaskTimeout,
 )
 from vmcontainer.testing import build_test_bundle
@@ -53,7 +58,7 @@ HANDLE_ROUTES = [
     # feeds: exact dict of exact arrays with the declared dtype, rank and dims
     (f"a = np.add({X()}, 1, dtype=object)\nreturn vm.model('lin').run({{'x': a}})", ModelInputError, "object-array"),
     (f"return vm.model('lin').run({{'x': {X()}.tolist()}})", ModelInputError, "list-feed"),
-    (f"return vm.model('lin').run({{'x': np.zeros((1, 4))}})", ModelInputError, "float64-feed"),
+    ("return vm.model('lin').run({'x': np.zeros((1, 4))})", ModelInputError, "float64-feed"),
     ("return vm.model('lin').run({'x': np.zeros((1, 5), dtype=np.float32)})", ModelInputError, "wrong-dim"),
     ("return vm.model('lin').run({'x': np.zeros(4, dtype=np.float32)})", ModelInputError, "wrong-rank"),
     (f"return vm.model('lin').run({{'x': {X()}, 'evil': {X()}}})", ModelInputError, "extra-input"),
@@ -77,12 +82,12 @@ def test_model_handle_routes(sandbox, lin, code, error):
 
 
 def test_outputs_are_the_scripts_own_copies(sandbox, lin):
-    src = body(f"""
+    src = body("""
         m = vm.model('lin')
-        a = m.run({{'x': np.ones((1, 4), dtype=np.float32)}})['y']
+        a = m.run({'x': np.ones((1, 4), dtype=np.float32)})['y']
         before = a.tolist()
         a[0, 0] = 1e9
-        b = m.run({{'x': np.ones((1, 4), dtype=np.float32)}})['y']
+        b = m.run({'x': np.ones((1, 4), dtype=np.float32)})['y']
         return before == b.tolist(), m.inputs, m.name
     """, imports=HEAD)
     same, inputs, name = sandbox.ok(src, models=lin)

@@ -266,7 +266,7 @@ def test_host_side_walk_reaches_nothing_dangerous(host_roots):
     assert problems == []
 
 
-KNOWN_LIVE_STATE = {"values.getattr.keywords", "values.print.parts"}
+KNOWN_LIVE_STATE: set[str] = set()
 
 
 def test_host_side_walk_finds_no_new_live_host_state(host_roots):
@@ -292,7 +292,7 @@ def test_in_sandbox_walk_reaches_nothing_dangerous(sandbox, host_roots):
     inputs = [names_by_type, fallback, _FORBIDDEN_BUILTIN_NAMES, 3, sorted(_CLASS_REPRS)]
     out = sandbox.ok(ROOTS + WALK, inputs, timeout=30.0, models={"lin": _models.linear()})
     assert out["bad"] == []
-    assert out["visited"] > 2000, out["visited"]
+    assert out["visited"] > 1000, out["visited"]  # the walk is not vacuous
 
 
 @pytest.mark.parametrize("name", ["__class__", "__globals__", "__dict__", "__subclasses__", "__builtins__",

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from vmcontainer import InvalidInputs, ResourceLimitExceeded, SandboxViolation, TaskError, TaskTimeout
+from vmcontainer import (
+    InvalidInputs,
+    ResourceLimitExceeded,
+    TaskError,
+    TaskTimeout,
+)
 
 from ._harness import body, worker_crashed_type
 
@@ -198,11 +203,6 @@ def test_lambda_driven_by_c_iteration_still_times_out(sandbox, request):
     if sandbox.mode == "process":
         sandbox.refused(src, TaskTimeout, timeout=0.3, within=3.0)
         return
-    request.applymarker(pytest.mark.xfail(strict=True, reason=(
-        "ESCAPE: functools.reduce(lambda a, b: a, iter(int, 1)) never times out in thread mode: lambdas "
-        "get no entry checkpoint (sandbox/transformer.py visit_Lambda not overridden) and the loop runs "
-        "in C, so TaskTimeout never comes and the worker thread spins forever. Fix: checkpoint lambda "
-        "bodies ((_vm_clock_() <= _vm_deadline_ or _vm_expired_()) and body)")))
     from ._harness import run_isolated
 
     returncode, outcome = run_isolated(src, timeout=0.3, kill_after=4.0)

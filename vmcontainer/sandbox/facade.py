@@ -10,7 +10,8 @@ the real module out).
 from __future__ import annotations
 
 import types
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import SandboxViolation
 

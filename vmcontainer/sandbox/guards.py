@@ -6,12 +6,14 @@ script cannot catch its own policy violation and carry on probing.
 
 from __future__ import annotations
 
+import re
+import secrets
 import string
 import types
+from _string import formatter_field_name_split  # type: ignore[import-not-found]
 from typing import Any
 
 import numpy as np
-from _string import formatter_field_name_split  # type: ignore[import-not-found]
 
 from ..scheduler.scope import Interrupt, fault
 from . import policy
@@ -58,7 +60,7 @@ def _safe_format_method(name: str, obj: Any) -> Any:
 
 
 def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING, *,
-                    sizes: "SizeGuards | None" = None) -> Any:
+                    sizes: SizeGuards | None = None) -> Any:
     """``getattr`` for scripts, and the target of guarded static attribute loads."""
     name = _check_name(name)
     if name in ("format", "format_map") and (
@@ -171,6 +173,28 @@ def guarded_hasattr(obj: Any, name: Any) -> bool:
     if name in policy.ARRAY_DENIED_ATTRIBUTES and _is_numpy(obj):
         return False
     return hasattr(obj, name)
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_HASH_SALT = secrets.randbits(61)
+
+
+def safe_repr(obj: Any) -> str:
+    """``repr`` without host addresses (they defeat ASLR for whoever finds a memory bug)."""
+    return _ADDRESS.sub("0x…", repr(obj))
+
+
+def safe_ascii(obj: Any) -> str:
+    return _ADDRESS.sub("0x…", ascii(obj))
+
+
+def safe_hash(obj: Any) -> int:
+    """``hash`` that does not give ``id()`` back: identity-hashed objects get a
+    salted hash (stable within the process, like the real one)."""
+    h = hash(obj)
+    if type(obj).__hash__ is object.__hash__:
+        return hash((h, _HASH_SALT))
+    return h
 
 
 def safe_type(obj: Any) -> Any:

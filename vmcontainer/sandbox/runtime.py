@@ -18,8 +18,9 @@ import builtins
 import re
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from types import CodeType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import (
     ResourceLimitExceeded,
@@ -32,7 +33,17 @@ from ..errors import (
 from ..scheduler.scope import CallScope, Interrupt, set_current_scope
 from . import policy
 from .boundary import BoundaryError, copy_plain
-from .guards import ScriptTypes, SizeGuards, guarded_getattr, guarded_hasattr, safe_type, violation
+from .guards import (
+    ScriptTypes,
+    SizeGuards,
+    guarded_getattr,
+    guarded_hasattr,
+    safe_ascii,
+    safe_hash,
+    safe_repr,
+    safe_type,
+    violation,
+)
 from .limits import DEFAULT_LIMITS, ResourceLimits
 from .modules import get_facades
 
@@ -51,6 +62,9 @@ _BUILTINS_TEMPLATE.update(
     hasattr=guarded_hasattr,
     type=safe_type,
     format=format,
+    repr=safe_repr,
+    ascii=safe_ascii,
+    hash=safe_hash,
     __build_class__=builtins.__build_class__,  # the class statement; scripts cannot name it
 )
 
@@ -60,7 +74,7 @@ def _bind_getattr(sizes: SizeGuards) -> Callable[..., Any]:
     ``keywords`` dict is public and shared by every call of the release."""
     missing = _MISSING
 
-    def getattr(obj: Any, name: Any, default: Any = missing) -> Any:  # noqa: A001
+    def getattr(obj: Any, name: Any, default: Any = missing) -> Any:
         if default is missing:
             return guarded_getattr(obj, name, sizes=sizes)
         return guarded_getattr(obj, name, default, sizes=sizes)
@@ -92,7 +106,7 @@ class PrintCapture:
     so they cannot reach the buffer (and bypass the cap) through attributes.
     """
 
-    __slots__ = ("parts", "size", "dropped", "cap")
+    __slots__ = ("cap", "dropped", "parts", "size")
 
     def __init__(self, cap: int = MAX_PRINT_BYTES) -> None:
         self.cap = cap
@@ -103,7 +117,7 @@ class PrintCapture:
     def function(self) -> Callable[..., None]:
         capture = self
 
-        def print(*args: Any, sep: Any = " ", end: Any = "\n") -> None:  # noqa: A001
+        def print(*args: Any, sep: Any = " ", end: Any = "\n") -> None:
             sep = " " if sep is None else str(sep)
             end = "\n" if end is None else str(end)
             for i, arg in enumerate(args):

@@ -238,6 +238,20 @@ class TaskTransformer(RestrictingNodeTransformer):
     def visit_With(self, node: ast.With) -> ast.AST:
         return self.node_contents_visit(node)  # plain unpacking, as everywhere else
 
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        """A checkpoint in every lambda: C code can drive one forever
+        (``functools.reduce(f, iter(int, 1))``) without any loop of the script's."""
+        node = super().visit_Lambda(node)
+        body = ast.Subscript(
+            value=ast.Tuple(elts=[checkpoint_expr(node.body), node.body], ctx=ast.Load()),
+            slice=ast.Constant(1),
+            ctx=ast.Load(),
+        )
+        _locate(body.value, node.body)
+        _locate(body, node.body)
+        node.body = body
+        return node
+
     # -- exceptions ----------------------------------------------------------
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
