@@ -56,7 +56,8 @@ HANDLE_ROUTES = [
     ("class S(str):\n    pass\nreturn vm.model(S('lin'))", SandboxViolation, "str-subclass-name"),
     ("return vm.model(('lin',))", SandboxViolation, "non-str-name"),
     # feeds: exact dict of exact arrays with the declared dtype, rank and dims
-    (f"a = np.add({X()}, 1, dtype=object)\nreturn vm.model('lin').run({{'x': a}})", ModelInputError, "object-array"),
+    (f"a = np.add({X()}, 1, dtype=object)\nreturn vm.model('lin').run({{'x': a}})", SandboxViolation,
+     "object-array"),
     (f"return vm.model('lin').run({{'x': {X()}.tolist()}})", ModelInputError, "list-feed"),
     ("return vm.model('lin').run({'x': np.zeros((1, 4))})", ModelInputError, "float64-feed"),
     ("return vm.model('lin').run({'x': np.zeros((1, 5), dtype=np.float32)})", ModelInputError, "wrong-dim"),

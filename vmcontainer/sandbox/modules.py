@@ -1221,6 +1221,101 @@ def _np_function(name: str, fn: Callable[..., Any], dtype_at: int | None) -> Any
     return _named(wrapper, name.rpartition(".")[2], "numpy", fn.__doc__)
 
 
+def _ufunc_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Loop selection stays numeric: ``dtype=object`` or a ``signature`` would run an
+    object loop (task objects' methods from C; a self-referencing object array
+    segfaults)."""
+    if kwargs.get("dtype") is not None:
+        kwargs["dtype"] = _dtype(kwargs["dtype"], where)
+    for key in ("signature", "sig", "extobj"):
+        if key in kwargs:
+            raise SandboxViolation(f"numpy.{where}: {key}= is not available in the sandbox")
+    out = kwargs.get("out")
+    if out is not None:
+        for arr in out if isinstance(out, tuple) else (out,):
+            if arr is not None and (not isinstance(arr, np.ndarray)
+                                    or arr.dtype.kind not in _NUMERIC_KINDS):
+                raise SandboxViolation(f"numpy.{where}: out= must be a numeric array")
+    return kwargs
+
+
+def _broadcast_size(args: tuple[Any, ...], where: str) -> None:
+    """Refuse a broadcast whose result would exceed the element cap, before numpy
+    allocates it in one uninterruptible call."""
+    shapes = [a.shape for a in args if isinstance(a, np.ndarray) and a.ndim]
+    if len(shapes) > 1:
+        try:
+            size = math.prod(np.broadcast_shapes(*shapes))
+        except ValueError:
+            return  # numpy raises its own shape error
+        _check_elements(size, where)
+
+
+class Ufunc:
+    """A numpy ufunc for scripts: numeric loops only, broadcast sizes capped.
+
+    Wrapping costs about a microsecond per call; it closes ``dtype=object`` /
+    ``signature=`` object loops and ``outer``/broadcast allocation bombs.
+    """
+
+    __slots__ = ("_f", "_name")
+
+    def __init__(self, f: np.ufunc):
+        object.__setattr__(self, "_f", f)
+        object.__setattr__(self, "_name", f.__name__)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise SandboxViolation("numpy ufuncs are read-only")
+
+    def __repr__(self) -> str:
+        return f"<ufunc {self._name!r}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _broadcast_size(args, self._name)
+        return _numeric(self._f(*args, **_ufunc_kwargs(kwargs, self._name)), self._name)
+
+    def reduce(self, *args: Any, **kwargs: Any) -> Any:
+        return _numeric(self._f.reduce(*args, **_ufunc_kwargs(kwargs, self._name)), self._name)
+
+    def accumulate(self, *args: Any, **kwargs: Any) -> Any:
+        return _numeric(self._f.accumulate(*args, **_ufunc_kwargs(kwargs, self._name)), self._name)
+
+    def reduceat(self, *args: Any, **kwargs: Any) -> Any:
+        return _numeric(self._f.reduceat(*args, **_ufunc_kwargs(kwargs, self._name)), self._name)
+
+    def outer(self, a: Any, b: Any, **kwargs: Any) -> Any:
+        _check_elements(int(np.size(a)) * int(np.size(b)), self._name + ".outer")
+        return _numeric(self._f.outer(a, b, **_ufunc_kwargs(kwargs, self._name)), self._name)
+
+    def at(self, a: Any, indices: Any, b: Any = None) -> None:
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in _NUMERIC_KINDS:
+            raise SandboxViolation(f"numpy.{self._name}.at needs a numeric array")
+        if b is None:
+            self._f.at(a, indices)
+        else:
+            self._f.at(a, indices, b)
+
+    @property
+    def nin(self) -> int:
+        return self._f.nin
+
+    @property
+    def nout(self) -> int:
+        return self._f.nout
+
+    @property
+    def nargs(self) -> int:
+        return self._f.nargs
+
+    @property
+    def identity(self) -> Any:
+        return self._f.identity
+
+    @property
+    def types(self) -> list[str]:
+        return list(self._f.types)
+
+
 class _TypeCheckOnly(type):
     """Metaclass of stand-ins that answer isinstance/issubclass for a real numpy type."""
 
@@ -1621,7 +1716,7 @@ def _numpy() -> tuple[Facade, Facade, Facade]:
         ufunc = getattr(np, name)
         if not isinstance(ufunc, np.ufunc):
             raise TypeError(f"numpy.{name} is not a ufunc")
-        members[name] = ufunc
+        members[name] = Ufunc(ufunc)
     for name, dtype_at in _NP_DTYPE_POSITION.items():
         members[name] = _np_function(name, getattr(np, name), dtype_at)
     for name in _NP_OPTIONAL:
