@@ -54,9 +54,11 @@ class Config:
     invoke_rounds: int
     invoke_inner: int
     sandbox_rounds: int
+    sandbox_inner: int
     install_rounds: int
     install_inner: int
     model_install_rounds: int
+    model_install_inner: int
     timeout_runs: int
     ranker_rounds: int
     ranker_inner: int
@@ -65,11 +67,11 @@ class Config:
 
 
 FULL = Config(quick=False, invoke_rounds=400, invoke_inner=50, sandbox_rounds=41,
-              install_rounds=200, install_inner=10, model_install_rounds=100,
-              timeout_runs=100, ranker_rounds=100, ranker_inner=10)
+              sandbox_inner=3, install_rounds=200, install_inner=10, model_install_rounds=100,
+              model_install_inner=3, timeout_runs=100, ranker_rounds=100, ranker_inner=10)
 QUICK = Config(quick=True, invoke_rounds=100, invoke_inner=30, sandbox_rounds=11,
-               install_rounds=50, install_inner=5, model_install_rounds=25,
-               timeout_runs=15, ranker_rounds=40, ranker_inner=10)
+               sandbox_inner=3, install_rounds=50, install_inner=5, model_install_rounds=25,
+               model_install_inner=3, timeout_runs=15, ranker_rounds=40, ranker_inner=10)
 
 # -- results ---------------------------------------------------------------------------
 
@@ -80,7 +82,7 @@ class Row:
 
     benchmark: str
     unit: str
-    value: float
+    value: float | None
     baseline: float | None
     baseline_name: str
     ratio: float | None = None
@@ -88,6 +90,7 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    error: str = ""
     profile_fn: Callable[[], Any] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -133,11 +136,15 @@ def markdown(rows: list[Row], config: Config) -> str:
         if row.note:
             notes.append(row.note)
             name += f" [{len(notes)}]"
+        if row.error:
+            lines.append(f"| {name} | **failed**: {row.error} | — | — | — |")
+            continue
         baseline = f"{_fmt_time(row.baseline, row.unit)} ({row.baseline_name})"
         lines.append(f"| {name} | {_fmt_time(row.value, row.unit)} | {baseline} | "
                      f"{_fmt_ratio(row)} | {_fmt_target(row)} |")
     lines.append("")
-    lines.append("Ratio: median of per-round ratios, [25th–75th percentile]; "
+    lines.append("Ratio: median of per-round ratios (a round's figure is the median of its "
+                 "calls), [25th–75th percentile]; "
                  f"{'quick' if config.quick else 'full'} run, Python {platform.python_version()}.")
     lines += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
@@ -175,10 +182,13 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_agree(what: str, *results: Any) -> None:
-    """A benchmark compares like with like only if variant and baseline compute the same."""
-    if any(r != results[0] for r in results[1:]):
-        raise RuntimeError(f"{what}: the variants return different results")
+def _check_agree(what: str, **results: Any) -> None:
+    """A benchmark compares like with like only if variant and baseline compute the same;
+    the first keyword is the reference."""
+    (ref_name, ref), *others = results.items()
+    wrong = [name for name, result in others if result != ref]
+    if wrong:
+        raise RuntimeError(f"{what}: {', '.join(wrong)} returned a different result than {ref_name}")
 
 
 # -- 1. invoke overhead ----------------------------------------------------------------
@@ -189,7 +199,9 @@ def bench_invoke(fx: Fixtures, cfg: Config) -> list[Row]:
     both are one cross-thread hand-off; the difference is the container's own cost
     (input copy, scope, breaker, fresh globals, result copy, metrics)."""
     fx.install("trivial", workloads.TRIVIAL)
-    invoke = lambda: fx.container.invoke("trivial", 1)
+    def invoke() -> Any:
+        return fx.container.invoke("trivial", 1)
+
     res = interleave([Case("invoke", invoke), Case("pool", lambda: baselines.pool_call(fx.pool))],
                      rounds=cfg.invoke_rounds, inner=cfg.invoke_inner, warmup=50)
     v, b = res["invoke"], res["pool"]
@@ -213,12 +225,15 @@ def bench_sandbox(fx: Fixtures, cfg: Config) -> list[Row]:
     events = copy_plain(workloads.session_events(cfg.events))  # as the container hands them in
     plain = baselines.PlainScript(workloads.FEATURE_SCRIPT)
     stock, stock_note = _stock_restricted(workloads.FEATURE_SCRIPT)
-    sandboxed = lambda: program.call(events, CallScope(60.0))
+    def sandboxed() -> Any:
+        return program.call(events, CallScope(60.0))
+
     expected = plain(events)
-    _check_agree("sandbox slowdown", expected, sandboxed()[0], stock(events))
+    _check_agree("sandbox slowdown", plain=expected, sandbox=sandboxed()[0], stock=stock(events))
 
     res = interleave([Case("sandbox", sandboxed), Case("plain", lambda: plain(events)),
-                      Case("stock", lambda: stock(events))], rounds=cfg.sandbox_rounds)
+                      Case("stock", lambda: stock(events))],
+                     rounds=cfg.sandbox_rounds, inner=cfg.sandbox_inner)
     s, p, r = res["sandbox"], res["plain"], res["stock"]
     what = f"feature script, {cfg.events // 1000}k events"
     return [
@@ -254,7 +269,9 @@ def _install_plain(fx: Fixtures, cfg: Config) -> list[Row]:
     source = workloads.FEATURE_SCRIPT
     bundle = build_test_bundle(source, name="install-probe")
     floor = baselines.CryptoFloor(bundle, compile_task(source, "script.py").code)
-    install = lambda: fx.container.install(bundle)
+    def install() -> Any:
+        return fx.container.install(bundle)
+
     res = interleave([Case("install", install), Case("floor", floor.minimal),
                       Case("full", floor.full)],
                      rounds=cfg.install_rounds, inner=cfg.install_inner, warmup=5)
@@ -288,10 +305,12 @@ def _install_model(fx: Fixtures, cfg: Config) -> list[Row]:
         floor.minimal()
         baselines.new_session(fx.model_bytes)
 
-    install = lambda: container.install(bundle)
+    def install() -> Any:
+        return container.install(bundle)
+
     res = interleave([Case("cold", install, prepare=uninstall), Case("warm", install),
                       Case("floor+session", floor_and_session), Case("floor", floor.minimal)],
-                     rounds=cfg.model_install_rounds, warmup=3)
+                     rounds=cfg.model_install_rounds, inner=cfg.model_install_inner, warmup=3)
     c, w, fs, f = res["cold"], res["warm"], res["floor+session"], res["floor"]
     kb = len(bundle) / 1024
     return [
@@ -323,7 +342,9 @@ def bench_timeout(fx: Fixtures, cfg: Config) -> list[Row]:
     def numpy_body() -> None:
         state["m"] = np.tanh(state["m"] @ state["m"]) * 0.01
 
-    onnx_body = lambda: session.run(None, {"features": x})
+    def onnx_body() -> Any:
+        return session.run(None, {"features": x})
+
     loops = [
         ("while True: pass", "spin", None, "≤ 2 ms"),
         ("numpy loop (128² matmul)", "numpy-spin", numpy_body, ""),
@@ -356,7 +377,9 @@ def _timeout_rows(fx: Fixtures, cfg: Config, label: str, task: str,
             return
         raise AssertionError(f"{task} returned before its deadline")
 
-    bare = lambda: baselines.cooperative_timeout(fx.pool, timeout, body)
+    def bare() -> None:
+        baselines.cooperative_timeout(fx.pool, timeout, body)
+
     res = interleave([Case("container", invoke), Case("bare", bare)], rounds=cfg.timeout_runs)
     over = {name: [t - timeout for t in series.calls] for name, series in res.items()}
     v, b = over["container"], over["bare"]
@@ -378,34 +401,35 @@ def _timeout_rows(fx: Fixtures, cfg: Config, label: str, task: str,
 # -- 5. ranker end to end --------------------------------------------------------------
 
 
-def bench_ranker(fx: Fixtures, cfg: Config) -> list[Row]:
+def bench_ranker(fx: Fixtures, cfg: Config, scale: int = 1) -> list[Row]:
     """``invoke`` of the ranker sample (input copy, thread hand-off, sandbox, model
     wrapper, result copy) vs the task's own ``main`` in plain Python on a raw, warm
     ORT session; plus the installed program's ``call`` alone, to split the overhead
-    into "around the script" and "inside the sandbox"."""
+    into "around the script" and "inside the sandbox".  ``scale`` > 1 repeats the
+    example session to make it larger."""
     fx.install("ranker", ranker_model.task_source(), models={"ranker": fx.model_bytes})
     program = fx.container._registry.get("ranker").program
     raw = baselines.RawRanker(fx.model_bytes)
-    rows = []
-    for scale in (1, 20):
-        inputs = workloads.ranker_inputs(scale)
-        copied = copy_plain(inputs)
-        invoke = lambda inputs=inputs: fx.container.invoke("ranker", inputs)
-        call = lambda copied=copied: program.call(copied, CallScope(60.0))
-        _check_agree("ranker", raw(inputs), invoke(), call()[0])
-        res = interleave([Case("invoke", invoke), Case("call", call),
-                          Case("raw", lambda inputs=inputs: raw(inputs))],
-                         rounds=cfg.ranker_rounds, inner=cfg.ranker_inner, warmup=5)
-        v, c, b = res["invoke"], res["call"], res["raw"]
-        what = f"{len(inputs['events'])} events, {len(inputs['candidates'])} candidates"
-        base = "task's main on raw ORT"
-        rows += [
-            Row(f"ranker end to end ({what})", "ms", v.median, b.median, base,
-                profile_fn=invoke, **_ratio_fields(v.rounds, b.rounds)),
-            Row(f"ranker, sandboxed call only ({what})", "ms", c.median, b.median, base,
-                profile_fn=call, **_ratio_fields(c.rounds, b.rounds)),
-        ]
-    return rows
+    inputs = workloads.ranker_inputs(scale)
+    copied = copy_plain(inputs)
+    def invoke() -> Any:
+        return fx.container.invoke("ranker", inputs)
+
+    def call() -> Any:
+        return program.call(copied, CallScope(60.0))
+
+    _check_agree("ranker", raw=raw(inputs), invoke=invoke(), call=call()[0])
+    res = interleave([Case("invoke", invoke), Case("call", call), Case("raw", lambda: raw(inputs))],
+                     rounds=cfg.ranker_rounds, inner=cfg.ranker_inner, warmup=5)
+    v, c, b = res["invoke"], res["call"], res["raw"]
+    what = f"{len(inputs['events'])} events, {len(inputs['candidates'])} candidates"
+    base = "task's main on raw ORT"
+    return [
+        Row(f"ranker end to end ({what})", "ms", v.median, b.median, base,
+            profile_fn=invoke, **_ratio_fields(v.rounds, b.rounds)),
+        Row(f"ranker, sandboxed call only ({what})", "ms", c.median, b.median, base,
+            profile_fn=call, **_ratio_fields(c.rounds, b.rounds)),
+    ]
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -416,6 +440,7 @@ BENCHMARKS: list[tuple[str, Callable[[Fixtures, Config], list[Row]]]] = [
     ("install time", bench_install),
     ("timeout overshoot", bench_timeout),
     ("ranker end to end", bench_ranker),
+    ("ranker end to end, 20x session", lambda fx, cfg: bench_ranker(fx, cfg, scale=20)),
 ]
 
 
@@ -435,12 +460,28 @@ def run_all(cfg: Config, *, profile: bool = False) -> tuple[list[Row], str]:
     try:
         for title, bench in BENCHMARKS:
             t0 = time.perf_counter()
-            rows += [_target_met(r) for r in bench(fx, cfg)]
+            try:
+                rows += [_target_met(r) for r in bench(fx, cfg)]
+            except Exception as exc:  # a product failure must not hide the other figures
+                rows.append(_failed_row(title, exc))
             _log(f"  {title}: {time.perf_counter() - t0:.1f} s")
-        report = profile_missed(rows) if profile else ""
+        report = ""
+        if profile:
+            _log("profiling the missed targets ...")
+            report = profile_missed(rows)
     finally:
         fx.close()
     return rows, report
+
+
+def _failed_row(title: str, exc: Exception) -> Row:
+    """A benchmark that raised: the error, with the script's traceback if it has one."""
+    where = getattr(exc, "script_traceback", "") or ""
+    frames = [line.strip() for line in where.splitlines() if line.strip().startswith("File")]
+    error = f"{type(exc).__name__}: {exc}".replace("|", "/").replace("\n", " ")
+    _log(f"  {title} FAILED: {error}")
+    return Row(title, "ms", None, None, "", error=error,
+               note=f"{title} failed: {error}" + (f" (at {frames[-1]})" if frames else ""))
 
 
 def profile_missed(rows: list[Row], calls: int = 20, top: int = 15) -> str:
@@ -487,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"meta": meta, "rows": [r.to_json() for r in rows]}, fh, indent=2)
-    return 0
+    return 1 if any(r.error for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -28,17 +28,17 @@ class Case:
 
 @dataclass
 class Series:
-    """Samples of one case: every call, and the mean call of each round."""
+    """Samples of one case: every call, and the median call of each round."""
 
     calls: list[float] = field(default_factory=list)  # seconds, one per call
-    rounds: list[float] = field(default_factory=list)  # seconds per call, one per round
+    rounds: list[float] = field(default_factory=list)  # median seconds per call, one per round
 
     def pct(self, q: float) -> float:
         return percentile(self.calls, q)
 
     @property
     def median(self) -> float:
-        """Median of the per-round means: the figure reported as "the" time."""
+        """Median of the per-round medians: the figure reported as "the" time."""
         return statistics.median(self.rounds)
 
 
@@ -54,7 +54,9 @@ def interleave(cases: Sequence[Case], *, rounds: int, inner: int = 1, warmup: in
 
     The order rotates every round so no case always runs first (right after
     another case has warmed or cooled the caches).  ``warmup`` untimed calls per
-    case come first: first calls pay for lazy imports and allocator growth.
+    case come first: first calls pay for lazy imports and allocator growth.  A
+    round's figure is the median of its calls, not the mean: the VM sometimes
+    stalls a thread for milliseconds, and one stall must not decide a round.
     """
     cases = list(cases)
     for case in cases:
@@ -67,16 +69,15 @@ def interleave(cases: Sequence[Case], *, rounds: int, inner: int = 1, warmup: in
     for r in range(rounds):
         for case in cases[r % n:] + cases[: r % n]:
             series = out[case.name]
-            total = 0.0
+            times = []
             for _ in range(inner):
                 if case.prepare is not None:
                     case.prepare()
                 t0 = clock()
                 case.fn()
-                dt = clock() - t0
-                series.calls.append(dt)
-                total += dt
-            series.rounds.append(total / inner)
+                times.append(clock() - t0)
+            series.calls += times
+            series.rounds.append(statistics.median(times))
     return out
 
 

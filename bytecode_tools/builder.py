@@ -35,6 +35,8 @@ class BuildOptions:
     then: Sequence[str] = ()  # tasks run with this one's result after it succeeds
     warmup: Any = None  # inputs for a dry run at install (preload); None = no dry run
     min_container: str = container_version
+    # alias -> reference to a model installed from a model bundle (models.pin_ref/compatible_ref)
+    model_refs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def build_bundle(
@@ -69,6 +71,7 @@ def build_bundle(
         then=options.then,
         warmup=options.warmup,
         min_container=options.min_container,
+        model_refs=options.model_refs,
     )
     return seal(
         payload,

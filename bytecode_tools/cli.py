@@ -65,10 +65,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
             models[name] = Path(file).read_bytes()
         meta = json.loads(args.meta) if args.meta else {}
         warmup = json.loads(args.warmup) if args.warmup else None
+        from .models import parse_ref_spec
+
+        model_refs = dict(parse_ref_spec(spec) for spec in args.model_ref)
         options = BuildOptions(name=args.name, release=args.release, entry=args.entry,
                                timeout=args.timeout, lane=args.lane, models=models, meta=meta,
                                expires_in=args.expires_in, requires=args.requires,
-                               then=args.then, warmup=warmup)
+                               then=args.then, warmup=warmup, model_refs=model_refs)
         bundle = build_bundle(path, options, signers=[Path(k) for k in args.sign],
                               recipients=[Path(k) for k in args.to])
     except CompileError as exc:
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sign", action="append", required=True, metavar="PUBLISHER.key")
     b.add_argument("--to", action="append", required=True, metavar="DEVICE.pub")
     b.add_argument("--model", action="append", default=[], metavar="NAME=FILE.onnx")
+    b.add_argument("--model-ref", action="append", default=[],
+                   metavar="ALIAS=FILE.onnx[,name=NAME][,policy=pin|compatible]",
+                   help="use a model installed from a model bundle (see docs/models.md)")
     b.add_argument("--timeout", type=float, default=1.0)
     b.add_argument("--lane", default="regular", choices=["core", "regular", "low"])
     b.add_argument("--entry", default="main")

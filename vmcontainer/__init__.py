@@ -38,6 +38,8 @@ from .errors import (  # noqa: E402
 )
 from .container import Container, InvalidInputs  # noqa: E402
 from .inference.profile import DeviceProfile  # noqa: E402
+from .isolation.errors import WorkerCrashed  # noqa: E402
+from .isolation.pool import ProcessLimits  # noqa: E402
 from .registry import TaskInfo  # noqa: E402
 from .sandbox.limits import ResourceLimits  # noqa: E402
 from .scheduler.graph import TaskGraphError  # noqa: E402
@@ -49,6 +51,8 @@ __all__ = [
     "TaskInfo",
     "DeviceProfile",
     "ResourceLimits",
+    "ProcessLimits",
+    "WorkerCrashed",
     "VmError",
     "BundleError",
     "BundleTooLarge",

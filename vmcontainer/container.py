@@ -29,12 +29,14 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .bundle.format import DEFAULT_CAPS, SizeCaps
+from .bundle.format import DEFAULT_CAPS, MODEL_BUNDLE_PREFIX, SizeCaps, manifest_kind
 from .bundle.keys import KeySource, load_device_private, load_publisher_public
 from .bundle.verifier import BundleVerifier
-from .errors import TaskCancelled, TaskError, UpstreamFailed, VmError
+from .errors import ModelError, TaskCancelled, TaskError, UpstreamFailed, VmError
 from .inference.profile import DeviceProfile
 from .inference.sessions import ModelHub
+from .isolation.pool import ProcessLimits, ProcessPool, ProgramSpec
+from .inference.store import ModelInfo, ModelStore
 from .registry import InstalledTask, Registry, TaskInfo
 from .sandbox.boundary import BoundaryError, copy_plain
 from .scheduler.breaker import CircuitBreaker
@@ -92,6 +94,8 @@ class Container:
         switch_interval: float | None = 0.001,
         limits: ResourceLimits = DEFAULT_LIMITS,
         task_limits: dict[str, ResourceLimits] | None = None,
+        isolation: str = "thread",
+        process_limits: ProcessLimits | None = None,
     ):
         self._verifier = BundleVerifier(
             [load_publisher_public(k) for k in _as_list(trust)],
@@ -104,9 +108,16 @@ class Container:
         self._limits = limits
         self._task_limits = dict(task_limits or {})
         self._hub = ModelHub(profile)
+        self._models = ModelStore(self._hub)  # models installed from model bundles
         self._registry = Registry()
         self._install_lock = threading.Lock()
         threads = {"core": 1, "regular": workers, "low": 1, **(lanes or {})}
+        if isolation not in ("thread", "process"):
+            raise ValueError("isolation must be 'thread' or 'process'")
+        self.isolation = isolation
+        # Process mode: task code never runs in this process; one worker slot per lane thread.
+        self._procs = (ProcessPool(sum(threads.values()), process_limits, profile)
+                       if isolation == "process" else None)
         self._lanes = LaneSet(threads, max_queue=max_queue, preempt=preempt)
         self._metrics = Metrics()
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -120,7 +131,8 @@ class Container:
 
     # -- installing ---------------------------------------------------------------
 
-    def install(self, bundle: bytes | str | Path, *, allow_rollback: bool = False) -> TaskInfo:
+    def install(self, bundle: bytes | str | Path, *,
+                allow_rollback: bool = False) -> TaskInfo | ModelInfo:
         """Verify ``bundle`` and make it the task's current release (hot swap).
 
         Raises a ``BundleError`` subclass naming the failed check, ``TaskGraphError``
@@ -130,12 +142,21 @@ class Container:
         data = bundle if isinstance(bundle, (bytes, bytearray)) else Path(bundle).read_bytes()
         with self._install_lock:
             verified = self._verifier.verify(
-                bytes(data), high_water=self._registry.high_water, allow_rollback=allow_rollback
+                bytes(data), high_water=self._high_water, allow_rollback=allow_rollback
             )
+            if manifest_kind(verified.manifest) == "model":  # a model bundle: no script
+                return self._models.install(verified)
             m = verified.manifest
             check_graph(verified.name, m["requires"], m["then"], self._links_of,
                         self._registry.has)
-            task = InstalledTask(verified, self._hub, self._limits_for(verified.name))
+            task = InstalledTask(verified, self._hub, self._limits_for(verified.name),
+                                 self._models)
+            if self._procs is not None:
+                if m.get("model_refs"):
+                    task.release_models()
+                    raise ModelError("model bundles (model_refs) are not supported in process "
+                                     "isolation yet; embed the model in the task bundle")
+                task.spec = ProgramSpec.from_verified(verified, limits=self._limits_for(verified.name))
             try:
                 warm_ms = self._warm(task)
             except BaseException:
@@ -149,6 +170,16 @@ class Container:
         log.info("installed %s release %d", task.info.name, task.info.release,
                  extra={"task": task.info.name, "release": task.info.release})
         return task.info
+
+    def _high_water(self, name: str) -> int | None:
+        """Anti-rollback marks: model bundles (``model:NAME``) and tasks apart."""
+        if name.startswith(MODEL_BUNDLE_PREFIX):
+            return self._models.high_water(name)
+        return self._registry.high_water(name)
+
+    def models(self) -> list[ModelInfo]:
+        """Models installed from model bundles (current release of each)."""
+        return self._models.infos()
 
     def _limits_for(self, name: str) -> ResourceLimits:
         return self._task_limits.get(name, self._limits)
@@ -167,16 +198,32 @@ class Container:
     def _warm(self, task: InstalledTask) -> float | None:
         """Load the module once (catching load-time errors before publishing) and,
         if the manifest asks, make one dry run; return the dry run's milliseconds."""
-        task.program.load_check(self._scope(task, task.info.timeout))
+        if self._procs is not None:
+            self._procs.load_check(task.spec, self._scope(task, task.info.timeout))
+        else:
+            task.program.load_check(self._scope(task, task.info.timeout))
         warmup = task.warmup_inputs
         if warmup is None:
             return None
         upstream = {r: None for r in task.info.requires} if task.info.requires else None
         start = time.perf_counter()
-        task.program.call(copy_plain(warmup), self._scope(task, task.info.timeout), upstream)
+        self._execute(task, copy_plain(warmup), self._scope(task, task.info.timeout), upstream)
         return (time.perf_counter() - start) * 1000
 
+    def _execute(self, task: InstalledTask, data: Any, scope: CallScope,
+                 upstream: dict[str, Any] | None) -> tuple[Any, str]:
+        """One call of ``task``: in this process's sandbox, or in a worker process."""
+        if self._procs is not None:
+            return self._procs.call(task.spec, data, scope, upstream)
+        return task.program.call(data, scope, upstream)
+
     def uninstall(self, name: str) -> None:
+        """Remove a task, or a model bundle by its name ``model:NAME`` (tasks already
+        using that model keep it; new references to it fail)."""
+        if name.startswith(MODEL_BUNDLE_PREFIX):
+            with self._install_lock:
+                self._models.remove(name)
+            return
         with self._install_lock:
             self._registry.get(name)
             users = dependants(name, {t.info.name: self._links_of(t.info.name)
@@ -251,43 +298,42 @@ class Container:
             self._metrics.reject(name, lane, type(exc).__name__)
             raise
 
+        def record(error: BaseException | None) -> None:
+            # Before the future settles: the caller is not woken twice.
+            self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
+                                 scope.model_time, error)
+
         def run() -> Any:
             # Newest release at start: a hot swap never touches a call in flight.
             current = self._registry.get(name)
-            error: str | None = None
+            error: BaseException | None = None
             try:
-                result, printed = current.program.call(data, scope, upstream)
+                result, printed = self._execute(current, data, scope, upstream)
                 if printed:
                     log.info("%s printed:\n%s", name, printed.rstrip("\n"), extra={
                         "task": name, "release": current.info.release, "call_id": scope.call_id})
                 return result
             except BaseException as exc:
-                error = type(exc).__name__
-                log.debug("%s failed: %s: %s", name, error, exc, extra={
+                error = exc
+                log.debug("%s failed: %s: %s", name, type(exc).__name__, exc, extra={
                     "task": name, "release": current.info.release, "call_id": scope.call_id})
                 raise
             finally:
-                breaker.record(error, probe)
+                breaker.record(None if error is None else type(error).__name__, probe)
+                record(error)
 
-        def settled(fut: CallFuture) -> None:
-            # Every outcome counts, including calls that timed out or were
-            # cancelled in the queue and never ran.
-            if fut.cancelled():
-                err: BaseException | None = TaskCancelled("cancelled before start")
-            else:
-                err = fut.exception()
-            self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
-                                 scope.model_time, err)
-            if probe and fut.cancelled():
+        def skipped(error: BaseException) -> None:
+            # Cancelled or timed out in the queue: counted, never run.
+            record(error)
+            if probe:  # the probe never ran: free the half-open slot
                 breaker.record("TaskCancelled", probe)
 
         try:
-            fut = self._lanes.submit(lane, scope, run)
+            fut = self._lanes.submit(lane, scope, run, skipped)
         except VmError as exc:
             breaker.record("QueueFull", probe)
             self._metrics.reject(name, lane, type(exc).__name__)
             raise
-        fut.add_done_callback(settled)
         if task.info.then:
             fut.add_done_callback(lambda f: self._run_followups(task, f))
         return fut
@@ -389,6 +435,9 @@ class Container:
             return
         self._closed = True
         self._lanes.close()
+        if self._procs is not None:
+            self._procs.close()
+        self._models.close()
         self._hub.close()
 
     def __enter__(self) -> "Container":

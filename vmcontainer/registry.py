@@ -17,7 +17,9 @@ from typing import Any
 
 from .bundle.verifier import VerifiedBundle
 from .errors import TaskNotFound
+from .inference.refs import ModelBinding, ModelNotInstalled, bind_all
 from .inference.sessions import LoadedModel, ModelHandle, ModelHub
+from .inference.store import ModelStore
 from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .sandbox.runtime import TaskProgram
 from .scheduler.scope import CallScope
@@ -89,14 +91,18 @@ class VmModule:
 
 class InstalledTask:
     def __init__(self, verified: VerifiedBundle, hub: ModelHub,
-                 limits: ResourceLimits = DEFAULT_LIMITS):
+                 limits: ResourceLimits = DEFAULT_LIMITS, store: ModelStore | None = None):
         m = verified.manifest
         self.hub = hub
         self._claimed = True
-        self.models: dict[str, LoadedModel] = {}
+        self.models: dict[str, LoadedModel | ModelBinding] = {}
         try:
             for model_name, blob in verified.models.items():
                 self.models[model_name] = hub.acquire(model_name, m["models"][model_name], blob)
+            if m.get("model_refs"):  # models installed from model bundles (inference.refs)
+                if store is None:
+                    raise ModelNotInstalled("this container has no model store for model_refs")
+                self.models.update(bind_all(m["model_refs"], store, verified.name))
         except BaseException:
             self.release_models()
             raise
@@ -114,6 +120,7 @@ class InstalledTask:
             then=tuple(m["then"]),
         )
         self.warmup_inputs = m["warmup"]
+        self.spec: Any = None  # ProgramSpec, in process isolation
         self.program = TaskProgram(
             verified.code,
             name=verified.name,
@@ -129,7 +136,10 @@ class InstalledTask:
         models = self.models
         if self._claimed:
             for model in models.values():
-                self.hub.release(model)
+                if isinstance(model, ModelBinding):
+                    model.close()
+                else:
+                    self.hub.release(model)
         self._claimed = False
 
 

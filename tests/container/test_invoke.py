@@ -326,3 +326,16 @@ def limited_container(limits):
 
 
 
+
+
+def test_comprehensions_keep_every_element_across_checkpoint_audits():
+    """The comprehension checkpoint's slow path (CPU audit every 10 ms, parking) must
+    never act as a false filter: long comprehensions keep all their elements."""
+    src = ("def main(n):\n"
+           "    xs = [i for i in range(n)]\n"
+           "    d = {i: i for i in range(n)}\n"
+           "    s = {i for i in range(n)}\n"
+           "    g = sum(1 for i in range(n))\n"
+           "    return [len(xs), len(d), len(s), g]\n")
+    n = 1_000_000
+    assert run_script(src, n, timeout=30) == [n, n, n, n]

@@ -279,6 +279,84 @@ MANIFEST_FIELDS = {
     "meta": dict,
 }
 
+# Optional manifest fields (added after v1 shipped; absent = the v1 meaning).  A task
+# bundle written before they existed is byte-for-byte what the sealer still writes.
+OPTIONAL_MANIFEST_FIELDS = {
+    "kind": str,  # "task" (default) or "model": a model bundle carries one model, no script
+    "model_refs": dict,  # alias -> reference to a model installed from a model bundle
+    "model_info": dict,  # model bundles: {"signature": {...}, "micro_batch": {...} | null}
+}
+KINDS = ("task", "model")
+MODEL_BUNDLE_PREFIX = "model:"  # a model bundle's header/manifest name: "model:" + model name
+MODEL_REF_KEYS = {"ref", "policy", "sha256", "signature", "min_release"}
+MODEL_REF_POLICIES = ("pin", "compatible")
+
+
+def manifest_kind(manifest: dict[str, Any]) -> str:
+    """``"task"`` or ``"model"`` (manifests without ``kind`` are tasks)."""
+    return manifest.get("kind", "task")
+
+
+def _check_manifest_fields(manifest: dict[str, Any]) -> None:
+    required = {k: manifest[k] for k in manifest if k in MANIFEST_FIELDS}
+    optional = {k: manifest[k] for k in manifest if k in OPTIONAL_MANIFEST_FIELDS}
+    extra = sorted(set(manifest) - set(required) - set(optional))
+    if extra:
+        missing = sorted(set(MANIFEST_FIELDS) - set(manifest))
+        raise BundleMalformed(f"manifest fields wrong (missing {missing}, unknown {extra})")
+    _check_fields(required, MANIFEST_FIELDS, "manifest")
+    for key, value in optional.items():
+        if not isinstance(value, OPTIONAL_MANIFEST_FIELDS[key]):
+            raise BundleMalformed(f"manifest field {key!r} has the wrong type")
+
+
+def _check_kind(manifest: dict[str, Any], models: dict[str, bytes]) -> None:
+    """A model bundle is named ``model:NAME``, carries exactly model NAME and no refs;
+    a task bundle's name never starts with ``model:`` (the two share one namespace
+    of bundle names, and anti-rollback reads the name before decryption)."""
+    kind = manifest_kind(manifest)
+    if kind not in KINDS:
+        raise BundleMalformed(f"unknown manifest kind {kind!r}")
+    name = manifest["task"]
+    if kind == "model":
+        model = name[len(MODEL_BUNDLE_PREFIX):] if name.startswith(MODEL_BUNDLE_PREFIX) else ""
+        if not model or set(models) != {model} or set(manifest["models"]) != {model}:
+            raise BundleMalformed(
+                "a model bundle is named 'model:NAME' and carries model NAME only")
+        if "model_refs" in manifest or not isinstance(manifest.get("model_info"), dict):
+            raise BundleMalformed("a model bundle has model_info and no model_refs")
+        return
+    if name.startswith(MODEL_BUNDLE_PREFIX):
+        raise BundleMalformed(f"task names may not start with {MODEL_BUNDLE_PREFIX!r}")
+    if "model_info" in manifest:
+        raise BundleMalformed("model_info belongs to model bundles")
+    for alias, ref in manifest.get("model_refs", {}).items():
+        _check_model_ref(alias, ref, manifest["models"])
+
+
+def _check_model_ref(alias: str, ref: Any, embedded: dict[str, Any]) -> None:
+    what = f"model_refs[{alias!r}]"
+    if not alias or len(alias) > 64 or alias in embedded:
+        raise BundleMalformed(f"{what}: alias empty, too long or also an embedded model")
+    if not isinstance(ref, dict) or not set(ref) <= MODEL_REF_KEYS or "ref" not in ref:
+        raise BundleMalformed(
+            f"{what} must be an object with 'ref' and only {sorted(MODEL_REF_KEYS)}")
+    policy = ref.get("policy", "pin")
+    if not isinstance(ref["ref"], str) or not ref["ref"] or policy not in MODEL_REF_POLICIES:
+        raise BundleMalformed(
+            f"{what}: 'ref' must name a model, policy one of {MODEL_REF_POLICIES}")
+    sha = ref.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+        raise BundleMalformed(f"{what}: sha256 must be 64 lowercase hex digits")
+    if policy == "pin" and sha is None:
+        raise BundleMalformed(f"{what}: a pinned reference needs its sha256")
+    if policy == "compatible" and not isinstance(ref.get("signature"), dict):
+        raise BundleMalformed(f"{what}: a compatible reference needs the signature it expects")
+    min_release = ref.get("min_release", 0)
+    if type(min_release) is not int or min_release < 0:
+        raise BundleMalformed(f"{what}: min_release must be an int >= 0")
+
 
 def parse_payload(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> Payload:
     """Parse the (already authenticated) plaintext.  Raises BundleMalformed."""
@@ -289,7 +367,7 @@ def parse_payload(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> Payload:
     if manifest_len > caps.manifest:
         raise BundleTooLarge("manifest over its cap")
     manifest = _strict_json(r.take(manifest_len, "manifest"), "manifest")
-    _check_fields(manifest, MANIFEST_FIELDS, "manifest")
+    _check_manifest_fields(manifest)
     if manifest["lane"] not in LANES:
         raise BundleMalformed(f"unknown lane {manifest['lane']!r}")
     if not manifest["timeout"] > 0:
@@ -311,4 +389,5 @@ def parse_payload(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> Payload:
             raise BundleTooLarge("models over their cap")
         models[name] = r.take(size, "model")
     r.end()
+    _check_kind(manifest, models)
     return Payload(manifest, code, models)

@@ -43,8 +43,13 @@ def pack_task(
     then: Sequence[str] = (),
     warmup: Any = None,
     min_container: str = container_version,
+    model_refs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> fmt.Payload:
-    """The plaintext payload: manifest + marshalled code + model blobs."""
+    """The plaintext payload: manifest + marshalled code + model blobs.
+
+    ``model_refs`` (alias -> ``{"ref", "policy", "sha256", "signature", ...}``)
+    names models installed from model bundles; written only when given, so a
+    task without references seals exactly as before the field existed."""
     if lane not in fmt.LANES:
         raise ValueError(f"lane must be one of {', '.join(fmt.LANES)}")
     if release < 0:
@@ -66,7 +71,48 @@ def pack_task(
         "min_container": min_container,
         "meta": dict(meta or {}),
     }
+    if model_refs:
+        manifest["model_refs"] = {alias: dict(ref) for alias, ref in sorted(model_refs.items())}
     return fmt.Payload(manifest, code_bytes(code), blobs)
+
+
+def pack_model(
+    name: str,
+    blob: bytes,
+    *,
+    release: int,
+    signature: Mapping[str, Any],
+    micro_batch: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    min_container: str = container_version,
+) -> fmt.Payload:
+    """The payload of a model bundle: one model, its declared signature, no script.
+
+    Format v1 requires a code object, so the code section holds an empty module
+    (never executed).  The bundle is named ``model:NAME`` so the clear header
+    says what it is and anti-rollback keeps models apart from tasks."""
+    if release < 0:
+        raise ValueError("release must be >= 0")
+    blob = bytes(blob)
+    manifest = {
+        "task": fmt.MODEL_BUNDLE_PREFIX + name,
+        "release": release,
+        "entry": "",
+        "timeout": 1.0,
+        "lane": "regular",
+        "models": {name: hashlib.sha256(blob).hexdigest()},
+        "triggers": [],
+        "requires": [],
+        "then": [],
+        "warmup": None,
+        "min_container": min_container,
+        "meta": dict(meta or {}),
+        "kind": "model",
+        "model_info": {"signature": dict(signature),
+                       "micro_batch": dict(micro_batch) if micro_batch else None},
+    }
+    empty = compile("", f"<model {name}>", "exec")
+    return fmt.Payload(manifest, code_bytes(empty), {name: blob})
 
 
 def code_bytes(code: CodeType) -> bytes:

@@ -46,8 +46,11 @@ _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_U8 = struct.Struct("<B")
+_u8, _u32, _u64, _i64, _f64 = (s.unpack_from for s in (_U8, _U32, _U64, _I64, _F64))
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_NDIM = 32
+_STANDALONE = 64 * 1024  # encode_chunks: parts at least this big are not merged
 
 _ARRAY_TYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                 np.uint32, np.uint64, np.float16, np.float32, np.float64, np.longdouble,
@@ -85,12 +88,30 @@ DEFAULT_LIMITS = CodecLimits()
 
 def encode(value: Any, limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
     """Serialise ``value``; raise ``CodecError`` for unsupported types or exceeded caps."""
-    writer = _Writer(limits)
+    return b"".join(encode_chunks(value, limits))
+
+
+def encode_chunks(value: Any, limits: CodecLimits = DEFAULT_LIMITS) -> list[bytes | memoryview]:
+    """``encode`` as a few buffers that concatenate to the message: large ones
+    (array data, long strings) stand alone - an array's is a view of the array
+    itself - so a sender can write them out without copying them again."""
     try:
-        writer.value(value, 0)
+        parts = _serialise(value, limits)
     except (struct.error, OverflowError, MemoryError, RecursionError) as exc:
         raise CodecError(f"cannot encode: {type(exc).__name__}") from None
-    return b"".join(writer.parts)
+    chunks: list[bytes | memoryview] = []
+    run: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) >= _STANDALONE:
+            if run:
+                chunks.append(b"".join(run))
+                run = []
+            chunks.append(part)
+        else:
+            run.append(part)
+    if run:
+        chunks.append(b"".join(run))
+    return chunks
 
 
 def decode(data: bytes | bytearray | memoryview, limits: CodecLimits = DEFAULT_LIMITS) -> Any:
@@ -98,187 +119,218 @@ def decode(data: bytes | bytearray | memoryview, limits: CodecLimits = DEFAULT_L
     if len(data) > limits.max_bytes:
         raise CodecError(f"message of {len(data)} bytes exceeds {limits.max_bytes}")
     view = memoryview(data).cast("B")
-    if bytes(view[:3]) != MAGIC or len(view) < len(_HEADER):
+    if len(view) < len(_HEADER) or bytes(view[:3]) != MAGIC:
         raise CodecError("not a codec message")
     if view[3] != VERSION:
         raise CodecError(f"unsupported codec version {view[3]}")
-    reader = _Reader(view, limits)
     try:
-        value = reader.value(0)
+        return _parse(view, limits)
     except CodecError:
         raise
     except (ValueError, TypeError, OverflowError, MemoryError, RecursionError,
             struct.error, IndexError) as exc:
         raise CodecError(f"malformed message: {type(exc).__name__}") from None
-    if reader.pos != len(view):
-        raise CodecError("trailing bytes after the message")
-    return value
 
 
-class _Writer:
-    __slots__ = ("parts", "size", "items", "limits")
+def _serialise(root: Any, limits: CodecLimits) -> list[bytes | memoryview]:
+    """The encoder, a closure over locals for the same reason as ``_parse``.
 
-    def __init__(self, limits: CodecLimits):
-        self.parts: list[bytes] = [_HEADER]
-        self.size = len(_HEADER)
-        self.items = 0
-        self.limits = limits
+    Sizes are checked where they can be large (strings, bytes, arrays - before
+    an array's data is copied out) and once more at the end."""
+    parts: list[bytes | memoryview] = [_HEADER]
+    put = parts.append
+    size = len(_HEADER)
+    items = 0
+    max_bytes, max_items, max_depth = limits.max_bytes, limits.max_items, limits.max_depth
 
-    def put(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self.size += len(chunk)
-            self.parts.append(chunk)
-        if self.size > self.limits.max_bytes:
-            raise CodecError(f"message exceeds {self.limits.max_bytes} bytes")
+    def grow(n: int) -> None:
+        nonlocal size
+        size += n
+        if size > max_bytes:
+            raise CodecError(f"message exceeds {max_bytes} bytes")
 
-    def value(self, v: Any, depth: int) -> None:
-        self.items += 1
-        if self.items > self.limits.max_items:
-            raise CodecError(f"message exceeds {self.limits.max_items} items")
+    def emit(v: Any, depth: int) -> None:
+        nonlocal size, items
+        items += 1
+        if items > max_items:
+            raise CodecError(f"message exceeds {max_items} items")
         t = type(v)
-        if v is None:
-            self.put(b"N")
-        elif t is bool:
-            self.put(b"T" if v else b"F")
-        elif t is int:
-            self.integer(v)
-        elif t is float:
-            self.put(b"f", _F64.pack(v))
-        elif t is str:
+        if t is str:
             raw = v.encode("utf-8", "surrogatepass")
-            self.put(b"s", _U32.pack(len(raw)), raw)
-        elif t is bytes:
-            self.put(b"b", _U32.pack(len(v)), v)
-        elif t is list or t is tuple or t is dict:
-            if depth >= self.limits.max_depth:
-                raise CodecError(f"nested deeper than {self.limits.max_depth}")
-            tag = b"l" if t is list else b"t" if t is tuple else b"d"
-            self.put(tag, _U32.pack(len(v)))
+            grow(5 + len(raw))
+            put(b"s" + _U32.pack(len(raw)))
+            put(raw)
+        elif t is int:
+            if _I64_MIN <= v <= _I64_MAX:
+                size += 9
+                put(b"i" + _I64.pack(v))
+            else:
+                put(_big_int(v, limits.max_int_bits))
+                grow(len(parts[-1]))
+        elif t is float:
+            size += 9
+            put(b"f" + _F64.pack(v))
+        elif t is dict or t is list or t is tuple:
+            if depth >= max_depth:
+                raise CodecError(f"nested deeper than {max_depth}")
+            size += 5
+            put((b"d" if t is dict else b"l" if t is list else b"t") + _U32.pack(len(v)))
+            depth += 1
             if t is dict:
                 for key, item in v.items():
-                    self.value(key, depth + 1)
-                    self.value(item, depth + 1)
+                    emit(key, depth)
+                    emit(item, depth)
             else:
                 for item in v:
-                    self.value(item, depth + 1)
+                    emit(item, depth)
+        elif v is None or t is bool:
+            size += 1
+            put(b"N" if v is None else b"T" if v else b"F")
+        elif t is bytes:
+            grow(5 + len(v))
+            put(b"b" + _U32.pack(len(v)))
+            put(v)
         elif t is np.ndarray:
-            self.array(v)
+            head = _array_head(v)
+            grow(len(head) + v.nbytes)
+            put(head)
+            data = v if v.flags.c_contiguous else v.copy(order="C")
+            put(memoryview(data.reshape(-1).view(np.uint8)))  # len() is its byte count
         else:
             raise CodecError(f"values of type {t.__name__} are not carried")
 
-    def integer(self, v: int) -> None:
-        if _I64_MIN <= v <= _I64_MAX:
-            self.put(b"i", _I64.pack(v))
-            return
-        if v.bit_length() > self.limits.max_int_bits:
-            raise CodecError("integer too large")
-        raw = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
-        self.put(b"I", _U32.pack(len(raw)), raw)
-
-    def array(self, a: np.ndarray) -> None:
-        dtype = _DTYPES.get(a.dtype.str)
-        if dtype is None or a.dtype != dtype:
-            raise CodecError(f"arrays of dtype {a.dtype} are not carried")
-        if a.ndim > _MAX_NDIM:
-            raise CodecError(f"arrays of more than {_MAX_NDIM} dimensions are not carried")
-        name = dtype.str.encode("ascii")
-        self.put(b"a", bytes([len(name)]), name, bytes([a.ndim]),
-                 *(_U64.pack(n) for n in a.shape), _U64.pack(a.nbytes))
-        if self.size + a.nbytes > self.limits.max_bytes:  # before copying the data out
-            raise CodecError(f"message exceeds {self.limits.max_bytes} bytes")
-        self.put(a.tobytes(order="C"))
+    try:
+        emit(root, 0)
+    finally:
+        emit = None  # type: ignore[assignment]  # it refers to itself: break the cycle
+    grow(0)
+    return parts
 
 
-class _Reader:
-    __slots__ = ("view", "pos", "items", "limits")
+def _big_int(v: int, max_bits: int) -> bytes:
+    if v.bit_length() > max_bits:
+        raise CodecError("integer too large")
+    raw = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
+    return b"I" + _U32.pack(len(raw)) + raw
 
-    def __init__(self, view: memoryview, limits: CodecLimits):
-        self.view = view
-        self.pos = len(_HEADER)
-        self.items = 0
-        self.limits = limits
 
-    def take(self, n: int) -> memoryview:
-        """The next ``n`` bytes, refused before anything is allocated if they are not there."""
-        end = self.pos + n
-        if n < 0 or end > len(self.view):
+def _array_head(a: np.ndarray) -> bytes:
+    dtype = _DTYPES.get(a.dtype.str)
+    if dtype is None or a.dtype != dtype:
+        raise CodecError(f"arrays of dtype {a.dtype} are not carried")
+    if a.ndim > _MAX_NDIM:
+        raise CodecError(f"arrays of more than {_MAX_NDIM} dimensions are not carried")
+    name = dtype.str.encode("ascii")
+    return (b"a" + bytes([len(name)]) + name + bytes([a.ndim])
+            + b"".join(_U64.pack(n) for n in a.shape) + _U64.pack(a.nbytes))
+
+
+def _parse(view: memoryview, limits: CodecLimits) -> Any:
+    """Walk the message once, recursively.
+
+    A closure over locals rather than a class: this runs for every call in both
+    directions, and local/cell access is about 1.5x faster than attributes.
+    Fixed-size fields use ``unpack_from``, whose ``struct.error`` on a short
+    buffer ``decode`` turns into ``CodecError``; variable lengths are checked
+    against what is left before anything is sliced or allocated.
+    """
+    size = len(view)
+    pos = len(_HEADER)
+    items = 0
+    max_items, max_depth = limits.max_items, limits.max_depth
+    max_int_bytes = limits.max_int_bits // 8 + 1
+
+    def span(n: int) -> memoryview:
+        nonlocal pos
+        start, pos = pos, pos + n
+        if pos > size:
             raise CodecError("truncated message or length past its end")
-        chunk = self.view[self.pos:end]
-        self.pos = end
-        return chunk
+        return view[start:pos]
 
-    def count(self) -> int:
-        """A container's declared element count; each element needs at least one byte."""
-        (n,) = _U32.unpack(self.take(4))
-        if n > len(self.view) - self.pos:
-            raise CodecError("declared count exceeds the message")
-        return n
+    def fixed(unpack: Any, width: int) -> Any:
+        nonlocal pos
+        got = unpack(view, pos)[0]
+        pos += width
+        return got
 
-    def value(self, depth: int) -> Any:
-        self.items += 1
-        if self.items > self.limits.max_items:
-            raise CodecError(f"message exceeds {self.limits.max_items} items")
-        tag = self.take(1)[0]
+    def value(depth: int) -> Any:
+        nonlocal pos, items
+        items += 1
+        if items > max_items:
+            raise CodecError(f"message exceeds {max_items} items")
+        tag = view[pos]
+        pos += 1
+        if tag == 0x73:  # s
+            start = pos + 4
+            pos = start + _u32(view, pos)[0]
+            if pos > size:
+                raise CodecError("truncated message or length past its end")
+            return str(view[start:pos], "utf-8", "surrogatepass")
+        if tag == 0x69:  # i
+            pos += 8
+            return _i64(view, pos - 8)[0]
+        if tag == 0x66:  # f
+            pos += 8
+            return _f64(view, pos - 8)[0]
         if tag == 0x4E:  # N
             return None
         if tag == 0x54:  # T
             return True
         if tag == 0x46:  # F
             return False
-        if tag == 0x69:  # i
-            return _I64.unpack(self.take(8))[0]
-        if tag == 0x49:  # I
-            (n,) = _U32.unpack(self.take(4))
-            if n * 8 > self.limits.max_int_bits + 8:
-                raise CodecError("integer too large")
-            return int.from_bytes(self.take(n), "little", signed=True)
-        if tag == 0x66:  # f
-            return _F64.unpack(self.take(8))[0]
-        if tag == 0x73:  # s
-            (n,) = _U32.unpack(self.take(4))
-            return str(self.take(n), "utf-8", "surrogatepass")
+        if tag == 0x64 or tag == 0x6C or tag == 0x74:  # d l t
+            if depth >= max_depth:
+                raise CodecError(f"nested deeper than {max_depth}")
+            n = _u32(view, pos)[0]
+            pos += 4
+            if n > size - pos:  # each element takes at least one byte
+                raise CodecError("declared count exceeds the message")
+            depth += 1
+            if tag != 0x64:
+                got = [value(depth) for _ in range(n)]
+                return got if tag == 0x6C else tuple(got)
+            out: dict[Any, Any] = {}
+            for i in range(n):
+                key = value(depth)
+                try:
+                    out[key] = value(depth)
+                except TypeError:
+                    raise CodecError("unhashable dict key") from None
+                if len(out) != i + 1:
+                    raise CodecError("duplicate dict key")
+            return out
         if tag == 0x62:  # b
-            (n,) = _U32.unpack(self.take(4))
-            return bytes(self.take(n))
+            return bytes(span(fixed(_u32, 4)))
+        if tag == 0x49:  # I
+            n = fixed(_u32, 4)
+            if n > max_int_bytes:
+                raise CodecError("integer too large")
+            return int.from_bytes(span(n), "little", signed=True)
         if tag == 0x61:  # a
-            return self.array()
-        if tag in (0x6C, 0x74, 0x64):  # l t d
-            if depth >= self.limits.max_depth:
-                raise CodecError(f"nested deeper than {self.limits.max_depth}")
-            n = self.count()
-            if tag == 0x64:
-                return self.mapping(n, depth + 1)
-            items = [self.value(depth + 1) for _ in range(n)]
-            return items if tag == 0x6C else tuple(items)
+            return array()
         raise CodecError(f"unknown tag 0x{tag:02x}")
 
-    def mapping(self, n: int, depth: int) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
-        for i in range(n):
-            key = self.value(depth)
-            item = self.value(depth)
-            try:
-                out[key] = item
-            except TypeError:
-                raise CodecError("unhashable dict key") from None
-            if len(out) != i + 1:
-                raise CodecError("duplicate dict key")
-        return out
-
-    def array(self) -> np.ndarray:
-        name = str(self.take(self.take(1)[0]), "ascii")
-        dtype = _DTYPES.get(name)
+    def array() -> np.ndarray:
+        dtype = _DTYPES.get(str(span(fixed(_u8, 1)), "ascii"))
         if dtype is None:
-            raise CodecError(f"array dtype {name!r} is not carried")
-        ndim = self.take(1)[0]
+            raise CodecError("array dtype is not carried")
+        ndim = fixed(_u8, 1)
         if ndim > _MAX_NDIM:
             raise CodecError("too many array dimensions")
-        shape = tuple(_U64.unpack(self.take(8))[0] for _ in range(ndim))
-        (nbytes,) = _U64.unpack(self.take(8))
+        shape = tuple(fixed(_u64, 8) for _ in range(ndim))
+        nbytes = fixed(_u64, 8)
         count = math.prod(shape)
         if count * dtype.itemsize != nbytes:
             raise CodecError("array shape does not match its byte length")
-        raw = self.take(nbytes)
+        raw = span(nbytes)
         if count == 0:
             return np.zeros(shape, dtype)
         return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape).copy()
+
+    try:
+        result = value(0)
+    finally:
+        value = None  # type: ignore[assignment]  # it refers to itself: break the cycle
+    if pos != size:
+        raise CodecError("trailing bytes after the message")
+    return result

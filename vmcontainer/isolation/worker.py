@@ -15,10 +15,11 @@ costs a fork plus ``_harden`` - not the imports.  It then:
   fds), an empty environment, an empty unwritable working directory, and
   rlimits - address space (memory cap), no file writes, no core dumps, a few
   descriptors - plus the recursion limit;
-* keeps a small LRU of loaded programs keyed by (task, release, code digest).
-  The host sends a program's marshalled code - bytes of the code object the
-  host already verified, never the bundle - and its model blobs the first
-  time this worker sees it; models get sessions in the worker's own
+* keeps a small LRU of loaded programs keyed by (task, release, digest of
+  code, entry, limits and models).  The host sends a program's marshalled
+  code - bytes of the code object the host already verified, never the
+  bundle - its resource limits and model blobs the first time this worker
+  sees it; models get sessions in the worker's own
   ``ModelHub``, and ``vm.model`` is the host's very ``VmModule``;
 * runs each call as thread mode does (``TaskProgram.call`` with a
   ``CallScope`` for the time left) and replies with the result or the public
@@ -44,19 +45,26 @@ from ..errors import TaskError, VmError
 from ..inference.profile import DeviceProfile
 from ..inference.sessions import LoadedModel, ModelHub
 from ..registry import VmModule
+from ..sandbox.limits import ResourceLimits
 from ..sandbox.modules import get_facades
 from ..sandbox.runtime import TaskProgram
-from ..scheduler.scope import CallScope
 from . import codec
 from .errors import WorkerCrashed
-from .framing import read_frame, write_frame
-from .protocol import REPLY_LIMITS, REQUEST_LIMITS, error_reply, ok_reply
+from .framing import FrameReceiver, write_frame
+from .protocol import (
+    REPLY_LIMITS,
+    REQUEST_LIMITS,
+    ProgramKey,
+    error_reply,
+    ok_reply,
+    reply_limits,
+    scope_from_request,
+)
 
 # SIGALRM (default action: terminate) this long after a call's deadline, in case
 # the host died and nobody is left to kill a runaway call.
 BACKSTOP_S = 2.0
 
-ProgramKey = tuple[str, int, str]
 
 
 def preload() -> None:
@@ -73,7 +81,7 @@ class _TaskView:
     """What ``VmModule`` reads from an ``InstalledTask``, rebuilt in the worker,
     so a script's ``vm`` module is the same class in both modes."""
 
-    __slots__ = ("info", "models", "hub")
+    __slots__ = ("hub", "info", "models")
 
     def __init__(self, name: str, release: int, models: dict[str, LoadedModel], hub: ModelHub):
         self.info = _Info(name, release)
@@ -104,9 +112,9 @@ class Programs:
         return entry[0]
 
     def _load(self, key: ProgramKey, load: dict[str, Any]) -> tuple[TaskProgram, _TaskView]:
-        name, release, digest = key
+        name, release, _ = key
         raw = load["code"]
-        if hashlib.sha256(raw).hexdigest() != digest:
+        if hashlib.sha256(raw).hexdigest() != load["code_digest"]:
             raise WorkerCrashed("program code does not match its digest")
         code = marshal.loads(raw)
         if type(code) is not CodeType:
@@ -120,7 +128,8 @@ class Programs:
             raise
         task = _TaskView(name, release, models, self.hub)
         program = TaskProgram(code, name=name, release=release, entry=load["entry"],
-                              vm_factory=lambda scope: VmModule(task, scope))  # type: ignore[arg-type]
+                              vm_factory=lambda scope: VmModule(task, scope),  # type: ignore[arg-type]
+                              limits=ResourceLimits(**load["limits"]))
         return program, task
 
     def _release(self, models: dict[str, LoadedModel]) -> None:
@@ -133,44 +142,47 @@ def serve(fd: int) -> None:
     (the caller then ``os._exit``s) or exits the process on a broken pipe."""
     _isolate_fds(fd)
     sock = socket.socket(fileno=fd)
-    init = codec.decode(read_frame(sock, REQUEST_LIMITS.max_bytes), REQUEST_LIMITS)
+    receiver = FrameReceiver(REQUEST_LIMITS.max_bytes)
+    init = codec.decode(receiver.read(sock), REQUEST_LIMITS)
     hub = ModelHub(DeviceProfile(**init["profile"]))
     _harden(init)
     programs = Programs(hub, init["program_cache"])
     _send(sock, {"ready": os.getpid()})
     while True:
         try:
-            frame = read_frame(sock, REQUEST_LIMITS.max_bytes)
+            frame = receiver.read(sock)
         except EOFError:
             return
-        _send(sock, handle(programs, codec.decode(frame, REQUEST_LIMITS)))
+        _send(sock, *handle(programs, codec.decode(frame, REQUEST_LIMITS)))
 
 
-def handle(programs: Programs, msg: dict[str, Any]) -> dict[str, Any]:
-    """Run one request; always returns a reply (errors included)."""
-    remaining = msg["remaining"]
-    signal.setitimer(signal.ITIMER_REAL, remaining + BACKSTOP_S)
+def handle(programs: Programs, msg: dict[str, Any]) -> tuple[dict[str, Any], codec.CodecLimits]:
+    """Run one request: its reply (errors included) and the caps it is sent under."""
+    signal.setitimer(signal.ITIMER_REAL, msg["scope"]["remaining"] + BACKSTOP_S)
+    caps = REPLY_LIMITS
     try:
+        scope = scope_from_request(msg["scope"])
         program = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
-        scope = CallScope(remaining)
+        caps = reply_limits(program.limits)
         if msg["op"] == "check":
             program.load_check(scope)
-            return ok_reply(None, "", scope.model_time)
+            return ok_reply(None, "", scope), caps
         result, printed = program.call(msg["inputs"], scope, msg["upstream"])
-        return ok_reply(result, printed, scope.model_time)
+        return ok_reply(result, printed, scope), caps
     except VmError as exc:
-        return error_reply(exc)
-    except Exception as exc:  # a bug or a bad program message, not the script
-        return error_reply(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}"))
+        return error_reply(exc), caps
+    except Exception as exc:
+        return error_reply(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}")), caps
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _send(sock: socket.socket, reply: dict[str, Any]) -> None:
+def _send(sock: socket.socket, reply: dict[str, Any],
+          caps: codec.CodecLimits = REPLY_LIMITS) -> None:
     try:
-        payload = codec.encode(reply, REPLY_LIMITS)
+        payload = codec.encode_chunks(reply, caps)
     except (codec.CodecError, MemoryError) as exc:
-        payload = codec.encode(error_reply(TaskError(
+        payload = codec.encode_chunks(error_reply(TaskError(
             f"task returned a result that cannot be sent back: {exc}", exc_type="ResultError")))
     write_frame(sock, payload)
 

@@ -123,6 +123,8 @@ class SizeGuards:
 
     def arith(self, op: str, a: Any, b: Any) -> Any:
         ta, tb = type(a), type(b)
+        if ta is float or tb is float:  # fixed-size result: the common case, no checks
+            return a * b if op == "*" else a ** b if op == "**" else a << b
         if op == "*":
             if ta is int and tb is int:
                 if a.bit_length() + b.bit_length() > self.max_int_bits:

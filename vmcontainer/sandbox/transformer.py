@@ -58,13 +58,18 @@ def checkpoint_stmt(at: ast.AST) -> ast.If:
 
 
 def checkpoint_expr(at: ast.AST) -> ast.expr:
-    """An always-true comprehension filter that checks the deadline."""
-    # (_vm_clock_() <= _vm_deadline_ or _vm_expired_())
+    """An always-true comprehension filter that checks the deadline.
+
+    ``_vm_expired_()`` returns None when it only audited or parked, so the
+    trailing ``or True`` keeps the element: the filter must never drop one.
+    """
+    # (_vm_clock_() <= _vm_deadline_ or _vm_expired_() or True)
     expr = ast.BoolOp(
         op=ast.Or(),
         values=[
             ast.Compare(left=_call(policy.CLOCK), ops=[ast.LtE()], comparators=[_name(policy.DEADLINE)]),
             _call(policy.EXPIRED),
+            ast.Constant(True),
         ],
     )
     _locate(expr, at)

@@ -4,7 +4,7 @@ discovers a missing link or a cycle at run time."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..errors import VmError
 

@@ -54,8 +54,17 @@ class Histogram:
 
 
 class TaskStats:
-    __slots__ = ("calls", "ok", "errors", "timeouts", "cancelled", "rejected", "latency",
-                 "model_s", "script_s")
+    __slots__ = (
+        "calls",
+        "cancelled",
+        "errors",
+        "latency",
+        "model_s",
+        "ok",
+        "rejected",
+        "script_s",
+        "timeouts",
+    )
 
     def __init__(self) -> None:
         self.calls = 0

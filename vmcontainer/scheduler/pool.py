@@ -18,8 +18,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import TaskCancelled, TaskTimeout, VmError
 from .scope import CallScope, Gate
@@ -55,12 +56,12 @@ class CallFuture(Future):
         return True
 
 
-Job = tuple[CallFuture, Callable[[], Any]]
+Job = tuple[CallFuture, Callable[[], Any], Callable[[BaseException], None] | None]
 
 
 class Lane:
     def __init__(self, name: str, threads: int, max_queue: int,
-                 on_enqueue: Callable[["Lane"], None], on_done: Callable[["Lane"], None]):
+                 on_enqueue: Callable[[Lane], None], on_done: Callable[[Lane], None]):
         if threads < 1:
             raise ValueError(f"lane {name!r} needs at least one thread")
         self.name = name
@@ -82,14 +83,17 @@ class Lane:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, scope: CallScope, fn: Callable[[], Any]) -> CallFuture:
+    def submit(self, scope: CallScope, fn: Callable[[], Any],
+               on_skip: Callable[[BaseException], None] | None = None) -> CallFuture:
+        """Queue ``fn``; ``on_skip(error)`` is told when the call ends without running
+        (cancelled, or its deadline passed in the queue)."""
         if self._closed:
             raise RuntimeError("container is closed")
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull(f"lane {self.name!r} has {self.max_queue} calls queued")
         fut = CallFuture(scope)
         self._on_enqueue(self)
-        self._queue.put((fut, fn))
+        self._queue.put((fut, fn, on_skip))
         return fut
 
     def _work(self) -> None:
@@ -98,16 +102,21 @@ class Lane:
             job = get()
             if job is None:
                 return
-            fut, fn = job
+            fut, fn, on_skip = job
             scope = fut.scope
             try:
+                skipped: BaseException | None = None
                 if not fut.set_running_or_notify_cancel():
-                    continue
-                if scope.cancelled:
-                    fut.set_exception(TaskCancelled("call cancelled before it started"))
-                    continue
-                if scope.done_by_deadline:
-                    fut.set_exception(TaskTimeout("deadline passed while the call was queued"))
+                    skipped = TaskCancelled("call cancelled before it started")
+                elif scope.cancelled:
+                    skipped = TaskCancelled("call cancelled before it started")
+                elif scope.done_by_deadline:
+                    skipped = TaskTimeout("deadline passed while the call was queued")
+                if skipped is not None:
+                    if on_skip is not None:
+                        on_skip(skipped)
+                    if not fut.cancelled():
+                        fut.set_exception(skipped)
                     continue
                 scope.gate = self.gate
                 self.running.add(scope)
@@ -121,7 +130,7 @@ class Lane:
                     self.running.discard(scope)
             finally:
                 self._on_done(self)
-            del job, fut, fn, scope
+            del job, fut, fn, on_skip, scope
 
     def close(self) -> None:
         self._closed = True
@@ -146,12 +155,13 @@ class LaneSet:
             for name in LANES
         }
 
-    def submit(self, lane: str, scope: CallScope, fn: Callable[[], Any]) -> CallFuture:
+    def submit(self, lane: str, scope: CallScope, fn: Callable[[], Any],
+               on_skip: Callable[[BaseException], None] | None = None) -> CallFuture:
         try:
             target = self.lanes[lane]
         except KeyError:
             raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
-        return target.submit(scope, fn)
+        return target.submit(scope, fn, on_skip)
 
     def _lower(self) -> Iterable[Lane]:
         return (self.lanes["regular"], self.lanes["low"])

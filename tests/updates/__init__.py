@@ -1,0 +1,1 @@
+"""Over-the-air updates: repository, device sync, attacks, crash rollback, CLI."""
