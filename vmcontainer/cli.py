@@ -117,7 +117,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"vmc run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return _report(args, lambda: run_script(source, inputs, entry=args.entry,
-                                            timeout=args.timeout, models=models))
+                                            timeout=args.timeout, models=models,
+                                            isolation=args.isolation))
 
 
 def _cmd_invoke(args: argparse.Namespace) -> int:
@@ -127,7 +128,7 @@ def _cmd_invoke(args: argparse.Namespace) -> int:
         inputs = _load_inputs(args)
         bundle = Path(args.bundle).read_bytes()
         container = Container(trust=[Path(t) for t in args.trust], device_key=Path(args.key),
-                              workers=1)
+                              workers=1, isolation=args.isolation)
     except (ValueError, OSError) as exc:
         print(f"vmc invoke: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -150,7 +151,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         inputs = _load_inputs(args)
         bundles = [Path(b).read_bytes() for b in args.bundle]
         container = Container(trust=[Path(t) for t in args.trust], device_key=Path(args.key),
-                              workers=args.workers)
+                              workers=args.workers, isolation=args.isolation)
     except (ValueError, OSError) as exc:
         print(f"vmc stats: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -189,6 +190,8 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-file", help="inputs from a JSON file")
     p.add_argument("--timeout", type=float, default=None, help="seconds")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--isolation", choices=["thread", "process"], default="thread",
+                   help="run the task in a worker thread (default) or a worker process")
 
 
 def build_parser() -> argparse.ArgumentParser:

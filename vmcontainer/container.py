@@ -167,7 +167,7 @@ class Container:
             self._breaker(verified.name).reset()
         if old is not None:
             old.release_models()
-        log.info("installed %s release %d", task.info.name, task.info.release,
+        log.debug("installed %s release %d", task.info.name, task.info.release,
                  extra={"task": task.info.name, "release": task.info.release})
         return task.info
 

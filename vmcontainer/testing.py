@@ -87,10 +87,12 @@ def run_script(
     entry: str = "main",
     timeout: float | None = None,
     models: Mapping[str, bytes | str | os.PathLike] | None = None,
+    isolation: str = "thread",
 ) -> Any:
-    """Run ``main(inputs)`` (or ``entry``) of a script exactly as a device would."""
+    """Run ``main(inputs)`` (or ``entry``) of a script exactly as a device would;
+    ``isolation="process"`` runs it in a worker process, as ``Container`` would."""
     bundle = build_test_bundle(path_or_source, entry=entry, models=models,
                                timeout=timeout if timeout is not None else 5.0)
-    with test_container(workers=1) as container:
+    with test_container(workers=1, isolation=isolation) as container:
         container.install(bundle)
         return container.invoke("script", inputs, timeout=timeout)
