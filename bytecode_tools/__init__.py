@@ -8,4 +8,4 @@ Public API::
 from .builder import BuildOptions, build_bundle, inspect_bundle
 from .keygen import generate_keys
 
-__all__ = ["BuildOptions", "build_bundle", "inspect_bundle", "generate_keys"]
+__all__ = ["BuildOptions", "build_bundle", "generate_keys", "inspect_bundle"]

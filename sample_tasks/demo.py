@@ -40,6 +40,56 @@ def timed_calls(container: Container, name: str, inputs: object, n: int) -> list
     return out
 
 
+def _other_samples(c: Container, build, out: Path) -> list[tuple[str, tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """Build, install and invoke ipv_features (and image_check when scikit-learn,
+    which ships the digits it trains on, is installed)."""
+    from sample_tasks.ipv_features import model as ipv
+
+    results = []
+    intent = ipv.build_intent_model(out / "intent.onnx")
+    c.install(build_bundle(ipv.TASK_PATH, BuildOptions(name="ipv_features", release=1, timeout=2.0,
+                                                       models={ipv.MODEL_NAME: intent}),
+                           signers=[out / "keys" / "publisher.key"],
+                           recipients=[out / "keys" / "device.pub"]))
+    inputs = json.loads(ipv.EXAMPLE_INPUTS_PATH.read_text())
+    lat = timed_calls(c, "ipv_features", inputs, 50)
+    views = c.invoke("ipv_features", inputs)
+    n = len(views.get("page_views", views)) if isinstance(views, dict) else len(views)
+    results.append((f"ipv_features: {len(inputs.get('events', []))} events -> {n} page-view records",
+                    ("ipv_features invoke p50", f"{statistics.median(lat):.2f} ms")))
+    try:
+        from sample_tasks.image_check import model as img
+    except ImportError:
+        return results
+    try:
+        digits = img.build_digits_model(out / "digits.onnx")
+    except ImportError:
+        results.append(("image_check skipped: pip install '.[samples]' for scikit-learn", ("image_check", "skipped")))
+        return results
+    c.install(build_bundle(img.TASK_PATH, BuildOptions(name="image_check", release=1, timeout=2.0,
+                                                       models={img.MODEL_NAME: digits}),
+                           signers=[out / "keys" / "publisher.key"],
+                           recipients=[out / "keys" / "device.pub"]))
+    inputs = json.loads(img.EXAMPLE_INPUTS_PATH.read_text())
+    verdict = c.invoke("image_check", inputs)
+    lat = timed_calls(c, "image_check", inputs, 50)
+    results.append((f"image_check: verdicts {_summarise(verdict)}",
+                    ("image_check invoke p50", f"{statistics.median(lat):.2f} ms")))
+    return results
+
+
+def _summarise(verdict: object) -> str:
+    if isinstance(verdict, dict):
+        items = verdict.get("results") or verdict.get("verdicts") or []
+        if isinstance(items, list):
+            counts: dict[str, int] = {}
+            for item in items:
+                key = item.get("verdict", "?") if isinstance(item, dict) else str(item)
+                counts[key] = counts.get(key, 0) + 1
+            return str(counts)
+    return str(verdict)[:80]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="demo-out", help="where keys, model and bundles go")
@@ -87,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("ranker invoke p50 / p99",
                      f"{statistics.median(lat):.2f} / {sorted(lat)[int(len(lat) * 0.99) - 1]:.2f} ms"))
 
+        step("the other samples: item-page-view features (Walle) and image compliance (JD)")
+        for label, info_row in _other_samples(c, build, out):
+            print(f"    {label}")
+            rows.append(info_row)
+
         step("hot swap: install release 2 (retrained model) while calls are running")
         model2 = ranker.build_ranker_model(out / "ranker-v2.onnx", seed=1)
         bundle2 = build(2, model2)
@@ -96,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         def caller() -> None:
             while not stop.is_set():
                 c.invoke("ranker", inputs)
-                seen.append(max((t.release for t in c.tasks() if t.name == "ranker")))
+                seen.append(max(t.release for t in c.tasks() if t.name == "ranker"))
 
         th = threading.Thread(target=caller)
         th.start()
@@ -108,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         th.join()
         print(f"    {len(seen)} calls during the swap, none failed; now on release "
-              f"{[t.release for t in c.tasks() if t.name == 'ranker'][0]}")
+              f"{next(t.release for t in c.tasks() if t.name == 'ranker')}")
         rows.append(("hot swap to r2 (calls kept running)", f"{swap_ms:.2f} ms, 0 failed calls"))
 
         step("a runaway task (while True: pass) with a 100 ms deadline")
@@ -143,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Try the CLI on the same files:")
     print(f"  vmc invoke {out / 'ranker-r2.vmb'} --trust {keys / 'publisher.pub'} --key {keys / 'device.key'} "
           f"--input-file {ranker.EXAMPLE_INPUTS_PATH} --json")
-    print(f"  vmc run {ranker.TASK_PATH} --model ranker={out / 'ranker.onnx'} --input-file {ranker.EXAMPLE_INPUTS_PATH}")
+    print(f"  vmc run {ranker.TASK_PATH} --model ranker={out / 'ranker.onnx'} "
+          f"--input-file {ranker.EXAMPLE_INPUTS_PATH}")
     return 0
 
 

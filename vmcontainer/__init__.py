@@ -11,7 +11,7 @@ Public API (see README.md)::
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     CircuitOpen,
     UpstreamFailed,
     BundleDecryptError,
@@ -36,48 +36,48 @@ from .errors import (  # noqa: E402
     TaskTimeout,
     VmError,
 )
-from .container import Container, InvalidInputs  # noqa: E402
-from .inference.profile import DeviceProfile  # noqa: E402
-from .isolation.errors import WorkerCrashed  # noqa: E402
-from .isolation.pool import ProcessLimits  # noqa: E402
-from .registry import TaskInfo  # noqa: E402
-from .sandbox.limits import ResourceLimits  # noqa: E402
-from .scheduler.graph import TaskGraphError  # noqa: E402
-from .scheduler.pool import CallFuture, QueueFull  # noqa: E402
+from .container import Container, InvalidInputs
+from .inference.profile import DeviceProfile
+from .isolation.errors import WorkerCrashed
+from .isolation.pool import ProcessLimits
+from .registry import TaskInfo
+from .sandbox.limits import ResourceLimits
+from .scheduler.graph import TaskGraphError
+from .scheduler.pool import CallFuture, QueueFull
 
 __all__ = [
-    "__version__",
-    "Container",
-    "TaskInfo",
-    "DeviceProfile",
-    "ResourceLimits",
-    "ProcessLimits",
-    "WorkerCrashed",
-    "VmError",
-    "BundleError",
-    "BundleTooLarge",
-    "BundleMalformed",
-    "BundleSignatureInvalid",
-    "BundleIncompatible",
-    "BundleExpired",
-    "BundleRollback",
-    "BundleNotForThisDevice",
     "BundleDecryptError",
+    "BundleError",
+    "BundleExpired",
+    "BundleIncompatible",
     "BundleIntegrityError",
+    "BundleMalformed",
+    "BundleNotForThisDevice",
+    "BundleRollback",
+    "BundleSignatureInvalid",
+    "BundleTooLarge",
+    "CallFuture",
+    "CircuitOpen",
     "CompileError",
+    "Container",
+    "DeviceProfile",
     "Diagnostic",
-    "SandboxViolation",
-    "TaskTimeout",
-    "TaskCancelled",
-    "TaskError",
-    "TaskNotFound",
-    "ResourceLimitExceeded",
+    "InvalidInputs",
     "ModelError",
     "ModelInputError",
-    "InvalidInputs",
+    "ProcessLimits",
     "QueueFull",
-    "CircuitOpen",
-    "UpstreamFailed",
+    "ResourceLimitExceeded",
+    "ResourceLimits",
+    "SandboxViolation",
+    "TaskCancelled",
+    "TaskError",
     "TaskGraphError",
-    "CallFuture",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskTimeout",
+    "UpstreamFailed",
+    "VmError",
+    "WorkerCrashed",
+    "__version__",
 ]

@@ -22,8 +22,6 @@ from . import __version__
 from .errors import (
     BundleError,
     CompileError,
-    ModelError,
-    ResourceLimitExceeded,
     SandboxViolation,
     TaskCancelled,
     TaskTimeout,

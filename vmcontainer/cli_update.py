@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,11 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
         how = "signed rollback to" if o["action"] == "rollback" else "installed"
         prev = f" (was {o['previous']})" if o.get("previous") is not None else ""
         lines.append(f"{how} {o['task']} release {o['release']}{prev}")
+    running = {o["task"]: o["release"] for o in report.get("restored", [])}
+    running.update({o["task"]: o["release"] for o in report["installed"]})
     for t in report["current"]:
-        lines.append(f"up to date: {t}")
+        release = running.get(t)
+        lines.append(f"up to date: {t}" + (f" release {release}" if release is not None else ""))
     for h in report["held"]:
         lines.append(f"held {h['task']}: {h['reason']}")
     for d in report["deferred"]:
@@ -70,6 +74,9 @@ def _report_lines(report: dict[str, Any]) -> list[str]:
 def _cmd_update(args: argparse.Namespace) -> int:
     from .container import Container
     from .updates import DeviceSync, RepositoryUnreachable, UpdateError
+
+    # urllib3 logs each retry as a warning; the one-line outcome below says it all.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
     try:
         root = Path(args.root).read_bytes() if args.root else None
@@ -107,8 +114,8 @@ def _cmd_update(args: argparse.Namespace) -> int:
                              "error": error},
                       [*_restored_lines(restored), f"{error['type']}: {error['message']}"])
                 return code
-            _emit(args, {**report, "restored": restored},
-                  _restored_lines(restored) + _report_lines(report))
+            report["restored"] = restored
+            _emit(args, report, _restored_lines(restored) + _report_lines(report))
             return EXIT_OK if report["ok"] else EXIT_REFUSED
 
 

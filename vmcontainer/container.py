@@ -27,7 +27,8 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from .bundle.format import DEFAULT_CAPS, MODEL_BUNDLE_PREFIX, SizeCaps, manifest_kind
 from .bundle.keys import KeySource, load_device_private, load_publisher_public
@@ -123,6 +124,7 @@ class Container:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._breaker_args = (breaker_threshold, breaker_cooldown)
         self._calls: weakref.WeakValueDictionary[int, CallFuture] = weakref.WeakValueDictionary()
+        self._metric_sources: dict[str, Callable[[], Any]] = {}
         self._closed = False
         if switch_interval is not None and sys.getswitchinterval() > switch_interval:
             # Process-wide: bounds how long an app thread waits for the GIL while a
@@ -411,6 +413,21 @@ class Container:
                 log.warning("follow-up %s of %s not started: %s", name, task.info.name, exc,
                             extra={"task": name, "call_id": fut.call_id})
 
+    # -- updates ---------------------------------------------------------------------
+
+    def sync(self, repo_url: str, **kwargs: Any) -> Any:
+        """One over-the-air sync into this container from a TUF repository (restores
+        the state directory first); see ``vmcontainer.updates`` and docs/ota.md.
+        Needs the ``ota`` extra (python-tuf)."""
+        from .updates import sync
+
+        return sync(self, repo_url, **kwargs)
+
+    def add_metrics_source(self, name: str, source: Callable[[], Any]) -> None:
+        """Include ``source()`` under ``name`` in ``metrics()`` (e.g. the updater's
+        status: crash rollbacks, bad releases)."""
+        self._metric_sources[name] = source
+
     # -- observability -------------------------------------------------------------
 
     def metrics(self) -> dict[str, Any]:
@@ -425,6 +442,8 @@ class Container:
             entry["queue_depth"] = depths[lane]
             entry["running"] = running[lane]
         snap["installed"] = {t.name: t.release for t in self.tasks()}
+        for name, source in list(self._metric_sources.items()):
+            snap[name] = source()
         snap["models_loaded"] = self._hub.loaded()
         return snap
 
@@ -440,7 +459,7 @@ class Container:
         self._models.close()
         self._hub.close()
 
-    def __enter__(self) -> "Container":
+    def __enter__(self) -> Container:
         return self
 
     def __exit__(self, *exc: object) -> None:

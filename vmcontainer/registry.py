@@ -43,16 +43,16 @@ class TaskInfo:
     then: tuple[str, ...] = ()
     warmup_ms: float | None = None  # the install-time dry run (first call), if any
 
-    def with_warmup(self, ms: float | None) -> "TaskInfo":
+    def with_warmup(self, ms: float | None) -> TaskInfo:
         return replace(self, warmup_ms=ms)
 
 
 class VmModule:
     """The ``vm`` module a script imports: its window onto the container."""
 
-    __slots__ = ("_task", "_scope", "_handles")
+    __slots__ = ("_handles", "_scope", "_task")
 
-    def __init__(self, task: "InstalledTask", scope: CallScope):
+    def __init__(self, task: InstalledTask, scope: CallScope):
         object.__setattr__(self, "_task", task)
         object.__setattr__(self, "_scope", scope)
         object.__setattr__(self, "_handles", {})

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import sys
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sample_tasks.training import single_threaded_blas
 from numpy.lib.stride_tricks import sliding_window_view
 
 TASK_PATH = Path(__file__).with_name("task.py")
@@ -158,19 +159,6 @@ def _gradients(p: Params, x: np.ndarray, y: np.ndarray) -> Params:
     da1 = (mask * dpooled[:, :, :, None, :, None]).reshape(n, c, 2 * h, 2 * w) * (a1 > 0)
     _, g["W1"], g["b1"] = _conv_backward(da1, cols1, x.shape, p["W1"])
     return g
-
-
-def single_threaded_blas() -> contextlib.AbstractContextManager:
-    """Keep BLAS on one thread while training (``threadpoolctl`` comes with scikit-learn).
-
-    The matrices are small: extra BLAS threads only add overhead, and on a busy
-    2-core build machine spinning OpenBLAS threads made training 10x slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 def train_cnn(x: np.ndarray, y: np.ndarray, *, epochs: int = EPOCHS, seed: int = 0) -> Params:
@@ -335,7 +323,7 @@ def load_task(vm_module: Any) -> dict[str, Any]:
 
     ns: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": shim_import},
                           "__name__": "image_check_task"}
-    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)  # noqa: S102
+    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)
     return ns
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import json
 import math
 import random
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sample_tasks.training import single_threaded_blas
 
 TASK_PATH = Path(__file__).with_name("task.py")
 EXAMPLE_INPUTS_PATH = Path(__file__).with_name("example_inputs.json")
@@ -240,19 +241,6 @@ def train_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int = HIDDEN, epochs: int
         return _train_mlp(X, y, hidden, epochs, seed, lr, l2)
 
 
-def single_threaded_blas() -> contextlib.AbstractContextManager:
-    """Keep BLAS on one thread while training, if ``threadpoolctl`` is installed.
-
-    The matrices are small: extra BLAS threads only add overhead, and on a busy
-    2-core build machine spinning OpenBLAS threads made training 10x slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
 def _train_mlp(X: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int, lr: float,
                l2: float) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -420,7 +408,7 @@ def load_task(vm_module: Any) -> dict[str, Any]:
 
     ns: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": shim_import},
                           "__name__": "ipv_features_task"}
-    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)  # noqa: S102
+    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)
     return ns
 
 

@@ -99,9 +99,9 @@ def no_unmarshal(monkeypatch):
 def test_running_python_fields_are_this_interpreter():
     import importlib.util
 
-    assert RUNNING_PYTHON == {"impl": sys.implementation.name,
+    assert {"impl": sys.implementation.name,
                               "magic": importlib.util.MAGIC_NUMBER.hex(),
-                              "cache_tag": sys.implementation.cache_tag}
+                              "cache_tag": sys.implementation.cache_tag} == RUNNING_PYTHON
 
 
 @pytest.mark.skipif(not OTHERS, reason="no other CPython 3.12/3.13 under ~/.pyenv")

@@ -88,7 +88,7 @@ TEXT = "alpha=1 beta=22 gamma=333\n  delta=4"
 
 def _plain_cpython(source: str, inputs):
     namespace: dict = {}
-    exec(compile(source, "plain.py", "exec"), namespace)  # noqa: S102 - the reference run
+    exec(compile(source, "plain.py", "exec"), namespace)
     return namespace["main"](inputs)
 
 
@@ -366,7 +366,7 @@ def _reachable(root: object, depth: int = 3):
                 continue
             try:
                 value = getattr(obj, name)
-            except Exception:  # noqa: BLE001, S112 - a refused attribute is not reachable
+            except Exception:
                 continue
             queue.append((value, f"{path}.{name}", level + 1))
 

@@ -232,7 +232,7 @@ def _host_walk(roots: dict, depth: int):
             continue
         try:
             names = _public(dir(obj))
-        except Exception:  # noqa: BLE001
+        except Exception:
             names = []
         key = repr(obj) if isinstance(obj, type) else repr(type(obj))
         names_by_type.setdefault(key, names)
@@ -243,12 +243,12 @@ def _host_walk(roots: dict, depth: int):
         for name in names:
             try:
                 value = getattr(obj, name)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             if isinstance(value, (dict, list, set, bytearray, collections.deque)):
                 try:
                     same = getattr(obj, name) is value
-                except Exception:  # noqa: BLE001
+                except Exception:
                     same = False
                 if same and not path.startswith(("values.instance", "values.partial", "values.match",
                                                  "values.pattern", "values.cls", "values.ordered",

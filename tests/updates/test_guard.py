@@ -52,6 +52,8 @@ def test_crashing_release_rolls_back_to_previous(repo, server, container, make_d
     assert device.state.bad() == {"hello": {2: "3 of its first 3 calls failed"}}
     status = device.status()
     assert status["guard"]["recent_rollbacks"][0]["previous"] == 2
+    # ... and the container's metrics carry it too
+    assert container.metrics()["updates"]["guard"]["recent_rollbacks"][0]["previous"] == 2
     # the next sync reports it once, and does not reinstall the bad release
     report = device.sync()
     assert [(e["kind"], e["release"], e["to"]) for e in report.crash_rollbacks] == \

@@ -279,3 +279,30 @@ def _wait(predicate, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+def test_model_bundles_ship_like_tasks(tmp_path, repo, server, container, make_device):
+    """``model:NAME`` bundles publish under models/ and install without probation
+    (the tasks that use a model are what the guard watches); restore brings them back."""
+    build = getattr(pytest.importorskip("bytecode_tools.models"), "build_model_bundle", None)
+    if build is None or not hasattr(container, "models"):
+        pytest.skip("this tree has no model bundles")
+    from vmcontainer.bundle.keys import private_pem, public_pem
+    from vmcontainer.testing import ephemeral_keys
+
+    from ..onnx_models import linear_model
+
+    publisher, device_key = ephemeral_keys()
+    data = build("linear", linear_model()[0], release=1, signers=[private_pem(publisher)],
+                 recipients=[public_pem(device_key.public_key())])
+    info = repo.add(data)
+    repo.publish()
+    assert info.path == "models/linear/1.vmb"
+    state = tmp_path / "model-device"
+    assert make_device(state_dir=state).sync().ok
+    assert [m.name for m in container.models()] == ["model:linear"]
+    with test_container(workers=1) as fresh:
+        device = make_device(container=fresh, state_dir=state)
+        assert device.state.installed()["model:linear"].status == "good"
+        assert [o.action for o in device.restore()] == ["restored"]
+        assert [m.name for m in fresh.models()] == ["model:linear"]

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Union
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-KeySource = Union[str, os.PathLike, bytes]
+KeySource = str | os.PathLike | bytes
 KID_LEN = 16
 
 

@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from types import CodeType
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -249,4 +249,4 @@ class BundleVerifier:
         return code
 
 
-__all__ = ["BundleVerifier", "VerifiedBundle", "BundleError", "RUNNING_PYTHON"]
+__all__ = ["RUNNING_PYTHON", "BundleError", "BundleVerifier", "VerifiedBundle"]

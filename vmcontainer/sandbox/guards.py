@@ -135,9 +135,8 @@ class SizeGuards:
                 self._repeat(b, a)
             return a * b
         if op == "**":
-            if ta is int and tb is int and b > 0 and abs(a) > 1:
-                if a.bit_length() * b > self.max_int_bits:
-                    raise self._limit("integer power")
+            if ta is int and tb is int and b > 0 and abs(a) > 1 and a.bit_length() * b > self.max_int_bits:
+                raise self._limit("integer power")
             return a ** b
         # "<<"
         if ta is int and tb is int and a and b > 0 and a.bit_length() + b > self.max_int_bits:
@@ -154,9 +153,9 @@ class SizeGuards:
             width = args[0] if args else kwargs.get("width", kwargs.get("tabsize", 8))
             if isinstance(width, int) and width > self.max_sequence:
                 raise self._limit(f"str.{name} width")
-            if name == "expandtabs" and isinstance(width, int):
-                if len(method.__self__) * max(width, 1) > self.max_sequence:
-                    raise self._limit("str.expandtabs")
+            if (name == "expandtabs" and isinstance(width, int)
+                    and len(method.__self__) * max(width, 1) > self.max_sequence):
+                raise self._limit("str.expandtabs")
             return method(*args, **kwargs)
 
         return checked

@@ -44,7 +44,7 @@ def check_graph(
         if task in seen:
             continue
         seen.add(task)
-        stack.extend((nxt, path + (nxt,)) for nxt in neighbours(task))
+        stack.extend((nxt, (*path, nxt)) for nxt in neighbours(task))
 
 
 def dependants(name: str, links: Mapping[str, Iterable[str]]) -> list[str]:

@@ -106,9 +106,7 @@ class Lane:
             scope = fut.scope
             try:
                 skipped: BaseException | None = None
-                if not fut.set_running_or_notify_cancel():
-                    skipped = TaskCancelled("call cancelled before it started")
-                elif scope.cancelled:
+                if not fut.set_running_or_notify_cancel() or scope.cancelled:
                     skipped = TaskCancelled("call cancelled before it started")
                 elif scope.done_by_deadline:
                     skipped = TaskTimeout("deadline passed while the call was queued")

@@ -91,7 +91,7 @@ def from_tuf(exc: BaseException, *, target: bool = False) -> UpdateError:
 
     if isinstance(exc, UpdateError):
         return exc
-    message = f"{type(exc).__name__}: {exc}"
+    message = _describe(exc)
     if isinstance(exc, tx.DownloadLengthMismatchError):
         return DownloadTooLarge(message, cause=exc)
     if isinstance(exc, tx.DownloadError):
@@ -111,6 +111,22 @@ def from_tuf(exc: BaseException, *, target: bool = False) -> UpdateError:
     if isinstance(exc, (OSError, ConnectionError, TimeoutError)) or _is_transport(exc):
         return RepositoryUnreachable(message, cause=exc)
     return UpdateError(message, cause=exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, with the first cause that says something when the
+    exception itself is empty (ngclient's ``SlowRetrievalError`` wraps urllib3's)."""
+    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    cause = exc.__cause__ or exc.__context__
+    depth = 0
+    while cause is not None and depth < 4:
+        reason = getattr(cause, "reason", None)
+        detail = str(reason or cause)
+        if detail:
+            return f"{text} ({detail})"
+        cause = cause.__cause__ or cause.__context__
+        depth += 1
+    return text
 
 
 def _is_transport(exc: BaseException) -> bool:

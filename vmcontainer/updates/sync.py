@@ -138,6 +138,9 @@ class DeviceSync:
         self.guard = (ReleaseGuard(container, self.state, guard, self.installer.roll_back)
                       if guard is not None else None)
         self._defer_optional = defer_optional
+        register = getattr(container, "add_metrics_source", None)
+        if register is not None:  # crash rollbacks and bad releases show in metrics()
+            register("updates", self.status)
         # One fetcher (one urllib3 connection pool) for the life of the updater:
         # a poll reuses the kept-alive connection instead of a new TCP/TLS handshake.
         self.fetcher = (fetcher_factory or CountingFetcher)()
