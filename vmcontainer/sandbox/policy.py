@@ -27,6 +27,9 @@ CLOCK = "_vm_clock_"
 DEADLINE = "_vm_deadline_"
 EXPIRED = "_vm_expired_"
 METACLASS = "__metaclass__"  # RestrictedPython's class hook name
+TYPE = "_vm_type_"  # the real type(), for the inline write check (scripts cannot name it)
+CLASSES = "_vm_classes_"  # the call's set of script-defined classes
+FLOAT = "_vm_float_"  # the real float type, for the inline arithmetic check
 ARITH = "_vm_arith_"  # size check before * ** << whose operands are not small constants
 
 DENIED_ATTRIBUTES: frozenset[str] = frozenset(

@@ -173,6 +173,8 @@ class TaskProgram:
             policy.CLOCK: time.monotonic,
             policy.GETATTR: getattr_,
             policy.ARITH: sizes.arith,
+            policy.TYPE: type,
+            policy.FLOAT: float,
         }
 
     # -- per-call environment ----------------------------------------------------
@@ -182,6 +184,7 @@ class TaskProgram:
         g["print"] = output.function()  # a reserved name: scripts cannot rebind it
         types_ = ScriptTypes(g)
         g[policy.WRITE] = types_.write
+        g[policy.CLASSES] = types_.classes
         g[policy.METACLASS] = types_.metaclass
         g[policy.EXPIRED] = scope.checkpoint
         g[_SCOPE] = scope

@@ -155,9 +155,21 @@ class TaskTransformer(RestrictingNodeTransformer):
                     copy_locations(sub, node)
                 return guarded
             return node
-        wrapped = _call(policy.WRITE, node.value)
-        copy_locations(wrapped, node.value)
-        copy_locations(wrapped.func, node.value)
+        wrapped: ast.expr = _call(policy.WRITE, node.value)
+        if isinstance(node.value, ast.Name):
+            # self.x = v  ->  (self if _vm_type_(self) in _vm_classes_ else _vm_write_(self)).x = v
+            # The common case (an instance of the script's own class) is decided in C;
+            # everything else still goes through the guard.
+            wrapped = ast.IfExp(
+                test=ast.Compare(
+                    left=_call(policy.TYPE, _name(node.value.id)),
+                    ops=[ast.In()],
+                    comparators=[_name(policy.CLASSES)],
+                ),
+                body=_name(node.value.id),
+                orelse=wrapped,
+            )
+        _locate(wrapped, node.value)
         node.value = wrapped
         return node
 
@@ -171,7 +183,21 @@ class TaskTransformer(RestrictingNodeTransformer):
         if _growth_op(node.op) and not _small_constant(node.right) and not (
             isinstance(node.op, ast.Mult) and _small_constant(node.left)
         ):
-            guarded = _call(policy.ARITH, ast.Constant(_OP_NAMES[type(node.op)]), node.left, node.right)
+            guarded: ast.expr = _call(policy.ARITH, ast.Constant(_OP_NAMES[type(node.op)]),
+                                      node.left, node.right)
+            names = [n for n in (node.left, node.right) if isinstance(n, ast.Name)]
+            if len(names) == 2:
+                # x * y on two names: nothing runs between the test and the operation,
+                # so a float operand (fixed-size result) skips the guard call.
+                guarded = ast.IfExp(
+                    test=ast.BoolOp(op=ast.Or(), values=[
+                        ast.Compare(left=_call(policy.TYPE, _name(n.id)), ops=[ast.Is()],
+                                    comparators=[_name(policy.FLOAT)])
+                        for n in names
+                    ]),
+                    body=ast.BinOp(left=_name(names[0].id), op=node.op, right=_name(names[1].id)),
+                    orelse=guarded,
+                )
             _locate(guarded, node)
             return guarded
         return node
