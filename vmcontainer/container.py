@@ -25,7 +25,6 @@ import logging
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable, Sequence
@@ -123,7 +122,9 @@ class Container:
         self._metrics = Metrics()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._breaker_args = (breaker_threshold, breaker_cooldown)
-        self._calls: weakref.WeakValueDictionary[int, CallFuture] = weakref.WeakValueDictionary()
+        # Calls that may still be cancelled by id: a single call's scope (registered
+        # before it is queued, removed when it settles) or a graph call's future.
+        self._calls: dict[int, CallScope | GraphFuture] = {}
         self._metric_sources: dict[str, Callable[[], Any]] = {}
         self._closed = False
         if switch_interval is not None and sys.getswitchinterval() > switch_interval:
@@ -261,8 +262,15 @@ class Container:
         if task.info.requires:
             fut: CallFuture = self._submit_graph(task, data, scope, lane)
         else:
-            fut = self._submit_one(task, data, scope, lane, None)
-        self._calls[scope.call_id] = fut
+            self._calls[scope.call_id] = scope
+            try:
+                fut = self._submit_one(task, data, scope, lane, None)
+            except BaseException:
+                self._calls.pop(scope.call_id, None)
+                raise
+        if isinstance(fut, GraphFuture):
+            self._calls[scope.call_id] = fut
+            fut.add_done_callback(lambda f: self._calls.pop(f.call_id, None))
         return fut
 
     def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
@@ -277,8 +285,13 @@ class Container:
 
     def cancel(self, call_id: int) -> bool:
         """Cancel a queued or running call by id (``future.call_id``)."""
-        fut = self._calls.get(call_id)
-        return fut.cancel() if fut is not None else False
+        call = self._calls.get(call_id)
+        if call is None:
+            return False
+        if isinstance(call, CallScope):
+            call.cancel()  # queued: skipped with TaskCancelled; running: stops at its next checkpoint
+            return True
+        return call.cancel()
 
     def _breaker(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
@@ -302,6 +315,7 @@ class Container:
 
         def record(error: BaseException | None) -> None:
             # Before the future settles: the caller is not woken twice.
+            self._calls.pop(scope.call_id, None)
             self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
                                  scope.model_time, error)
 

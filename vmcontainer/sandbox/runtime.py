@@ -139,6 +139,8 @@ class PrintCapture:
             self.size += len(text)
 
     def text(self) -> str:
+        if not self.parts:
+            return ""
         return "".join(self.parts) + ("\n[print output truncated]\n" if self.dropped else "")
 
 
@@ -236,13 +238,12 @@ class TaskProgram:
             if not callable(entry):
                 raise TaskError(f'entry function "{self.entry}" is not defined', exc_type="NameError")
             raw = entry(inputs) if upstream is None else entry(inputs, upstream)
-            scope.check()  # a swallowed interrupt (return in finally) still times out
             try:
                 result = copy_plain(raw, self._boundary)
             except (BoundaryError, TypeError) as exc:
                 raise TaskError(f"task returned an unsupported result: {exc}",
                                 exc_type="ResultError") from None
-            scope.check()
+            scope.check()  # also catches an interrupt the script swallowed (return in finally)
             return result
 
         return self._guarded(scope, output, run_entry), output.text()

@@ -50,6 +50,8 @@ class CircuitBreaker:
                               f"circuit open ({left:.1f}s of cooldown left)")
 
     def record(self, error_kind: str | None, probe: bool) -> None:
+        if error_kind is None and not probe and self.state == CLOSED and not self.failures:
+            return  # the common case: a healthy task stays healthy, no lock
         if error_kind in NEUTRAL:
             if probe:
                 with self._lock:

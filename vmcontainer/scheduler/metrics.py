@@ -17,6 +17,12 @@ _GROWTH = math.log(1.1)
 _NBUCKETS = 220  # 1 us * 1.1**220 ~ 1.3e3 s
 
 
+def bucket_of(seconds: float) -> int:
+    if seconds <= _BASE_S:
+        return 0
+    return min(_NBUCKETS - 1, int(math.log(seconds / _BASE_S) / _GROWTH) + 1)
+
+
 class Histogram:
     __slots__ = ("counts", "n", "total")
 
@@ -25,8 +31,8 @@ class Histogram:
         self.n = 0
         self.total = 0.0
 
-    def add(self, seconds: float) -> None:
-        i = 0 if seconds <= _BASE_S else min(_NBUCKETS - 1, int(math.log(seconds / _BASE_S) / _GROWTH) + 1)
+    def add(self, seconds: float, bucket: int | None = None) -> None:
+        i = bucket_of(seconds) if bucket is None else bucket
         self.counts[i] += 1
         self.n += 1
         self.total += seconds
@@ -107,10 +113,11 @@ class Metrics:
 
     def record(self, task: str, lane: str, elapsed: float, model_s: float, error: BaseException | None) -> None:
         kind = None if error is None else type(error).__name__
+        bucket = bucket_of(elapsed)  # once, outside the lock
         with self._lock:
             for s in (self._stats(self._tasks, task), self._stats(self._lanes, lane)):
                 s.calls += 1
-                s.latency.add(elapsed)
+                s.latency.add(elapsed, bucket)
                 s.model_s += model_s
                 s.script_s += max(0.0, elapsed - model_s)
                 if kind is None:
