@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import builtins
 import json
 import sys
 import time
@@ -34,16 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from sample_tasks.training import single_threaded_blas
 from numpy.lib.stride_tricks import sliding_window_view
+
+from sample_tasks import training
+from sample_tasks.training import OPSET, single_threaded_blas
+from sample_tasks.training import model_metadata as model_metadata  # re-exported for callers
 
 TASK_PATH = Path(__file__).with_name("task.py")
 EXAMPLE_INPUTS_PATH = Path(__file__).with_name("example_inputs.json")
 MODEL_NAME = "digits"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probs"
-OPSET = 17
-IR_VERSION = 9
 CHANNELS = (8, 16)
 TEST_FRACTION = 0.25
 EPOCHS = 8
@@ -73,7 +73,7 @@ def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def device_input(raw_images: np.ndarray, max_value: float = 16.0) -> np.ndarray:
     """Raw images -> the model input [n, 1, 8, 8] float32, with task.py's own preprocessing."""
-    task = load_task(_VmShim({}))
+    task = load_task(training.VmShim({}))
     return task["model_input"](task["normalise"](task["as_batch"](raw_images), max_value))
 
 
@@ -220,7 +220,6 @@ def export_onnx(weights: Params, path: str | Path | None,
     Input ``images`` float32 [N, 1, 8, 8] (dynamic ``N``), output ``probs``
     float32 [N, 10].  Checked with ``onnx.checker``.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.asarray(weights[k], dtype=np.float32), k)
@@ -248,13 +247,7 @@ def export_onnx(weights: Params, path: str | Path | None,
         producer_name="vmcontainer.sample_tasks.image_check", producer_version="1",
         doc_string="8x8 digit classifier: images [N,1,8,8] in [0,1] -> class probabilities [N,10]",
     )
-    model.ir_version = IR_VERSION
-    helper.set_model_props(model, dict(sorted((metadata or {}).items())))
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString(deterministic=True)
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    return training.finish_onnx(model, path, metadata or {})
 
 
 def _metadata(seed: int, metrics: dict[str, float]) -> dict[str, str]:
@@ -273,58 +266,15 @@ def build_digits_model(path: str | Path | None, seed: int = 0) -> bytes:
     return export_onnx(weights, path, metadata=_metadata(seed, metrics))
 
 
-def model_metadata(model_bytes: bytes) -> dict[str, str]:
-    """The metadata written by ``export_onnx`` (read back with onnxruntime)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 # --------------------------------------------------------------------------- reference
 
 
-class _OrtModel:
-    """``vm.model(name)`` in the shim: ``run(feeds) -> {output: ndarray}`` on a raw ORT session."""
-
-    def __init__(self, model_bytes: bytes) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(model_bytes, sess_options=opts,
-                                             providers=["CPUExecutionProvider"])
-        self._outputs = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, dict(feeds))))
-
-
-class _VmShim:
-    """A minimal stand-in for the container's ``vm`` module: ``model(name)`` only."""
-
-    def __init__(self, models: dict[str, bytes]) -> None:
-        self._models = models
-        self._loaded: dict[str, _OrtModel] = {}
-
-    def model(self, name: str) -> _OrtModel:
-        if name not in self._loaded:
-            self._loaded[name] = _OrtModel(self._models[name])
-        return self._loaded[name]
-
-
 def load_task(vm_module: Any) -> dict[str, Any]:
-    """Exec ``task.py`` unsandboxed, ``import vm`` resolving to ``vm_module``; return its globals."""
-    real_import = builtins.__import__
+    """Exec ``task.py`` unsandboxed, ``import vm`` resolving to ``vm_module``; return its globals.
 
-    def shim_import(name, globals=None, locals=None, fromlist=(), level=0):
-        return vm_module if name == "vm" else real_import(name, globals, locals, fromlist, level)
-
-    ns: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": shim_import},
-                          "__name__": "image_check_task"}
-    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)
-    return ns
+    See ``sample_tasks.training.load_task``.
+    """
+    return training.load_task(TASK_PATH, vm_module, "image_check_task")
 
 
 def reference_check(inputs: dict, model_bytes: bytes) -> dict:
@@ -333,7 +283,7 @@ def reference_check(inputs: dict, model_bytes: bytes) -> dict:
     One implementation: it execs the task's own source, so comparing it with the
     container's result checks that the sandbox changes nothing.
     """
-    return load_task(_VmShim({MODEL_NAME: model_bytes}))["main"](inputs)
+    return load_task(training.VmShim({MODEL_NAME: model_bytes}))["main"](inputs)
 
 
 # --------------------------------------------------------------------------- examples

@@ -24,8 +24,6 @@ Nothing here downloads anything; everything is generated from a seed.
 
 from __future__ import annotations
 
-import ast
-import builtins
 import json
 import math
 import random
@@ -36,15 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from sample_tasks.training import single_threaded_blas
+from sample_tasks import training
+from sample_tasks.training import init_mlp, roc_auc, sigmoid, single_threaded_blas
+from sample_tasks.training import mlp_predict as predict_numpy  # the module's public name
+from sample_tasks.training import model_metadata as model_metadata  # re-exported for callers
 
 TASK_PATH = Path(__file__).with_name("task.py")
 EXAMPLE_INPUTS_PATH = Path(__file__).with_name("example_inputs.json")
 MODEL_NAME = "intent"
 INPUT_NAME = "features"
 OUTPUT_NAME = "intent"
-OPSET = 17
-IR_VERSION = 9
 HIDDEN = 16
 
 # Column order of the "features" input.  Must equal FEATURE_NAMES in task.py
@@ -76,10 +75,6 @@ SESSION_START = 1_732_500_000.0  # a fixed epoch second: timestamps look real an
 
 
 # --------------------------------------------------------------------------- simulation
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
 
 
 def _logistic(z: float) -> float:
@@ -194,7 +189,7 @@ def generate_dataset(n_sessions: int, seed: int) -> tuple[np.ndarray, np.ndarray
     Features come from task.py's own ``page_view_features``.  Deterministic for
     a given ``seed``.
     """
-    features = load_task(_VmShim({}))["page_view_features"]
+    features = load_task(training.VmShim({}))["page_view_features"]
     rng = random.Random(seed)
     rows: list[list[float]] = []
     labels: list[float] = []
@@ -209,25 +204,6 @@ def generate_dataset(n_sessions: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 # --------------------------------------------------------------------------- training
-
-
-def predict_numpy(weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-    """The MLP in numpy (the same maths as the ONNX graph); returns [n] probabilities."""
-    h = np.maximum(X @ weights["W1"] + weights["b1"], 0.0)
-    return _sigmoid(h @ weights["W2"] + weights["b2"]).reshape(-1)
-
-
-def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula, average ranks for ties."""
-    y = np.asarray(y).reshape(-1) > 0.5
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)
-    ranks = (upper - (counts - 1) / 2.0)[inverse]  # average 1-based rank of each tie group
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def train_mlp(X: np.ndarray, y: np.ndarray, *, hidden: int = HIDDEN, epochs: int = EPOCHS,
@@ -248,18 +224,13 @@ def _train_mlp(X: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int
     Xd = (np.asarray(X, dtype=np.float64) - mu) / sd
     yd = np.asarray(y, dtype=np.float64).reshape(-1, 1)
     n, f = Xd.shape
-    p = {
-        "W1": rng.normal(0.0, np.sqrt(2.0 / f), (f, hidden)),
-        "b1": np.full(hidden, 0.01),
-        "W2": rng.normal(0.0, np.sqrt(1.0 / hidden), (hidden, 1)),
-        "b2": np.zeros(1),
-    }
+    p = init_mlp(rng, f, hidden)
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(w) for k, w in p.items()}
     for step in range(1, epochs + 1):
         pre = Xd @ p["W1"] + p["b1"]
         h = np.maximum(pre, 0.0)
-        dz = (_sigmoid(h @ p["W2"] + p["b2"]) - yd) / n
+        dz = (sigmoid(h @ p["W2"] + p["b2"]) - yd) / n
         dh = (dz @ p["W2"].T) * (pre > 0.0)
         grads = {"W2": h.T @ dz + l2 * p["W2"], "b2": dz.sum(axis=0),
                  "W1": Xd.T @ dh + l2 * p["W1"], "b1": dh.sum(axis=0)}
@@ -305,37 +276,12 @@ def export_onnx(weights: dict[str, np.ndarray], path: str | Path | None,
     Input ``features`` float32 [N, F] (dynamic ``N``), output ``intent`` float32
     [N, 1]; opset 17, IR 9, checked with ``onnx.checker``.  Same weights, same bytes.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    f = weights["W1"].shape[0]
-    inits = [numpy_helper.from_array(np.asarray(weights[k], dtype=np.float32), k)
-             for k in ("W1", "b1", "W2", "b2")]
-    nodes = [
-        helper.make_node("Gemm", [INPUT_NAME, "W1", "b1"], ["hidden_pre"], name="dense1"),
-        helper.make_node("Relu", ["hidden_pre"], ["hidden"], name="relu1"),
-        helper.make_node("Gemm", ["hidden", "W2", "b2"], ["logit"], name="dense2"),
-        helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME], name="sigmoid"),
-    ]
-    graph = helper.make_graph(
-        nodes, "ipv_intent_mlp",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", f])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="vmcontainer.sample_tasks.ipv_features", producer_version="1",
+    return training.export_mlp_onnx(
+        weights, path, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        graph_name="ipv_intent_mlp", producer_name="vmcontainer.sample_tasks.ipv_features",
         doc_string="Purchase intent of an item page view: features [N, F] -> P(buy) [N, 1]",
+        metadata={"features": ",".join(FEATURES), **(metadata or {})},
     )
-    model.ir_version = IR_VERSION
-    meta = {"features": ",".join(FEATURES), **(metadata or {})}
-    helper.set_model_props(model, dict(sorted(meta.items())))
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString(deterministic=True)
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
 
 
 def _metadata(seed: int, metrics: dict[str, float]) -> dict[str, str]:
@@ -355,71 +301,20 @@ def build_intent_model(path: str | Path | None, seed: int = 0) -> bytes:
     return export_onnx(weights, path, metadata=_metadata(seed, metrics))
 
 
-def model_metadata(model_bytes: bytes) -> dict[str, str]:
-    """The metadata written by ``export_onnx`` (read back with onnxruntime)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 # --------------------------------------------------------------------------- reference
-
-
-class _OrtModel:
-    """``vm.model(name)`` in the shim: ``run(feeds) -> {output: ndarray}`` on a raw ORT session."""
-
-    def __init__(self, model_bytes: bytes) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(model_bytes, sess_options=opts,
-                                             providers=["CPUExecutionProvider"])
-        self._outputs = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, dict(feeds))))
-
-
-class _VmShim:
-    """A minimal stand-in for the container's ``vm`` module: ``model(name)`` only."""
-
-    def __init__(self, models: dict[str, bytes]) -> None:
-        self._models = models
-        self._loaded: dict[str, _OrtModel] = {}
-
-    def model(self, name: str) -> _OrtModel:
-        if name not in self._loaded:
-            self._loaded[name] = _OrtModel(self._models[name])
-        return self._loaded[name]
 
 
 def load_task(vm_module: Any) -> dict[str, Any]:
     """Exec ``task.py`` unsandboxed, ``import vm`` resolving to ``vm_module``; return its globals.
 
-    ``sys.modules`` is untouched: the import goes through the namespace's own builtins.
+    See ``sample_tasks.training.load_task``.
     """
-    real_import = builtins.__import__
-
-    def shim_import(name, globals=None, locals=None, fromlist=(), level=0):
-        return vm_module if name == "vm" else real_import(name, globals, locals, fromlist, level)
-
-    ns: dict[str, Any] = {"__builtins__": {**vars(builtins), "__import__": shim_import},
-                          "__name__": "ipv_features_task"}
-    exec(compile(TASK_PATH.read_text(encoding="utf-8"), str(TASK_PATH), "exec"), ns)
-    return ns
+    return training.load_task(TASK_PATH, vm_module, "ipv_features_task")
 
 
 def task_feature_names() -> list[str]:
     """``FEATURE_NAMES`` as written in task.py (read with ``ast``; nothing executed)."""
-    for node in ast.parse(TASK_PATH.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "FEATURE_NAMES" for t in node.targets
-        ):
-            return list(ast.literal_eval(node.value))
-    raise LookupError("task.py defines no FEATURE_NAMES")
+    return training.task_feature_names(TASK_PATH)
 
 
 def reference_features(inputs: dict, model_bytes: bytes) -> dict:
@@ -432,7 +327,7 @@ def reference_features(inputs: dict, model_bytes: bytes) -> dict:
     names = task_feature_names()
     if names != FEATURES:
         raise AssertionError(f"task.py FEATURE_NAMES {names} != model.FEATURES {FEATURES}")
-    return load_task(_VmShim({MODEL_NAME: model_bytes}))["main"](inputs)
+    return load_task(training.VmShim({MODEL_NAME: model_bytes}))["main"](inputs)
 
 
 def make_example_inputs(seed: int = 4) -> dict:

@@ -22,7 +22,6 @@ Nothing here downloads anything; everything is generated from a seed.
 
 from __future__ import annotations
 
-import ast
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from sample_tasks.training import single_threaded_blas
+from sample_tasks import training
+from sample_tasks.training import init_mlp, roc_auc, sigmoid, single_threaded_blas
+from sample_tasks.training import mlp_predict as predict_numpy  # the module's public name
 
 # Order matters: it is the column order of the "features" input.  Must equal
 # FEATURE_NAMES in task.py (checked by ``task_feature_names`` / ``reference_rank``).
@@ -51,8 +52,6 @@ EXAMPLE_INPUTS_PATH = Path(__file__).with_name("example_inputs.json")
 MODEL_NAME = "ranker"
 INPUT_NAME = "features"
 OUTPUT_NAME = "scores"
-OPSET = 17
-IR_VERSION = 9  # onnxruntime 1.32 loads IR <= 11; 9 is enough for opset 17
 
 # Defaults used by build_ranker_model (kept small so a build takes about half a second).
 TRAIN_SAMPLES = 8_000
@@ -61,10 +60,6 @@ EPOCHS = 300
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
 
 
 def generate_sessions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +102,7 @@ def generate_sessions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         + 2.5 * discount * (price_z > 0)
         + rng.normal(0.0, 0.5, n)
     )
-    y = (rng.random(n) < _sigmoid(logit)).astype(np.float32)
+    y = (rng.random(n) < sigmoid(logit)).astype(np.float32)
     X = np.stack(
         [price_z, popularity, affinity, recency, ctr, dwell, is_new, discount], axis=1
     ).astype(np.float32)
@@ -115,33 +110,6 @@ def generate_sessions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- training
-
-
-def predict_numpy(weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
-    """The MLP forward pass in numpy (same maths as the ONNX graph); returns [n] probabilities."""
-    h = np.maximum(X @ weights["W1"] + weights["b1"], 0.0)
-    return _sigmoid(h @ weights["W2"] + weights["b2"]).reshape(-1)
-
-
-def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, with average ranks for ties."""
-    y = np.asarray(y).reshape(-1) > 0.5
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def evaluate(weights: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -178,19 +146,14 @@ def train_mlp(
     Xd = np.asarray(X, dtype=np.float64)
     yd = np.asarray(y, dtype=np.float64).reshape(-1, 1)
     n, f = Xd.shape
-    params = {
-        "W1": rng.normal(0.0, np.sqrt(2.0 / f), (f, hidden)),
-        "b1": np.full(hidden, 0.01),
-        "W2": rng.normal(0.0, np.sqrt(1.0 / hidden), (hidden, 1)),
-        "b2": np.zeros(1),
-    }
+    params = init_mlp(rng, f, hidden)
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(w) for k, w in params.items()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     for step in range(1, epochs + 1):
         pre = Xd @ params["W1"] + params["b1"]
         h = np.maximum(pre, 0.0)
-        p = _sigmoid(h @ params["W2"] + params["b2"])
+        p = sigmoid(h @ params["W2"] + params["b2"])
         dz = (p - yd) / n  # d(mean logistic loss)/d(logit)
         grads = {
             "W2": h.T @ dz + l2 * params["W2"],
@@ -241,54 +204,19 @@ def export_onnx(
     ``onnx.checker.check_model``.  Same weights (and metadata) -> byte-identical
     output.  ``path`` may be None to only return the bytes.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w1 = np.asarray(weights["W1"], dtype=np.float32)
-    b1 = np.asarray(weights["b1"], dtype=np.float32).reshape(-1)
-    w2 = np.asarray(weights["W2"], dtype=np.float32)
-    b2 = np.asarray(weights["b2"], dtype=np.float32).reshape(-1)
-    f, hidden = w1.shape
-    if w2.shape != (hidden, 1) or b1.shape != (hidden,) or b2.shape != (1,):
-        raise ValueError(
-            f"bad weight shapes: W1 {w1.shape} b1 {b1.shape} W2 {w2.shape} b2 {b2.shape}"
-        )
-
-    inits = [
-        numpy_helper.from_array(w1, "W1"),
-        numpy_helper.from_array(b1, "b1"),
-        numpy_helper.from_array(w2, "W2"),
-        numpy_helper.from_array(b2, "b2"),
-    ]
-    nodes = [
-        helper.make_node("Gemm", [INPUT_NAME, "W1", "b1"], ["hidden_pre"], name="dense1"),
-        helper.make_node("Relu", ["hidden_pre"], ["hidden"], name="relu1"),
-        helper.make_node("Gemm", ["hidden", "W2", "b2"], ["logit"], name="dense2"),
-        helper.make_node("Sigmoid", ["logit"], [OUTPUT_NAME], name="sigmoid"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "ranker_mlp",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", f])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="vmcontainer.sample_tasks.ranker",
-        producer_version="1",
-        doc_string="Contest/item re-ranker: features [N, F] -> engagement probability [N, 1]",
-    )
-    model.ir_version = IR_VERSION
+    f = np.asarray(weights["W1"]).shape[0]
     meta = {"features": ",".join(FEATURES) if f == N_FEATURES else str(f)}
     meta.update(metadata or {})
-    helper.set_model_props(model, dict(sorted(meta.items())))
-    onnx.checker.check_model(model, full_check=True)
-    data = model.SerializeToString(deterministic=True)
-    if path is not None:
-        Path(path).write_bytes(data)
-    return data
+    return training.export_mlp_onnx(
+        weights,
+        path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        graph_name="ranker_mlp",
+        producer_name="vmcontainer.sample_tasks.ranker",
+        doc_string="Contest/item re-ranker: features [N, F] -> engagement probability [N, 1]",
+        metadata=meta,
+    )
 
 
 def build_ranker_model(path: str | Path | None, seed: int = 0) -> bytes:
@@ -318,72 +246,18 @@ def task_source() -> str:
     return TASK_PATH.read_text(encoding="utf-8")
 
 
-class _OrtModel:
-    """What ``vm.model(name)`` returns in the shim: ``run(feeds) -> {output name: ndarray}``."""
-
-    def __init__(self, model_bytes: bytes):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        self._outputs = [o.name for o in self._session.get_outputs()]
-
-    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._outputs, dict(feeds))
-        return dict(zip(self._outputs, results))
-
-
-class _VmShim:
-    """A minimal stand-in for the container's ``vm`` module: only ``model(name)``."""
-
-    def __init__(self, models: dict[str, bytes]):
-        self._models = models
-        self._loaded: dict[str, _OrtModel] = {}
-
-    def model(self, name: str) -> _OrtModel:
-        if name not in self._models:
-            raise KeyError(f"no model named {name!r}")
-        if name not in self._loaded:
-            self._loaded[name] = _OrtModel(self._models[name])
-        return self._loaded[name]
-
-
 def load_task(vm_module: Any) -> dict[str, Any]:
     """Exec ``task.py`` unsandboxed with ``import vm`` resolving to ``vm_module``.
 
-    Returns the task's global namespace (``main``, ``FEATURE_NAMES``, ...).
-    ``sys.modules`` is not touched: ``import`` is redirected through the
-    namespace's own ``__builtins__``.
+    Returns the task's global namespace (``main``, ``FEATURE_NAMES``, ...); see
+    ``sample_tasks.training.load_task``.
     """
-    import builtins
-
-    real_import = builtins.__import__
-
-    def shim_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if name == "vm":
-            return vm_module
-        return real_import(name, globals, locals, fromlist, level)
-
-    ns_builtins = dict(vars(builtins))
-    ns_builtins["__import__"] = shim_import
-    ns: dict[str, Any] = {"__builtins__": ns_builtins, "__name__": "ranker_task"}
-    exec(compile(task_source(), str(TASK_PATH), "exec"), ns)
-    return ns
+    return training.load_task(TASK_PATH, vm_module, "ranker_task")
 
 
 def task_feature_names() -> list[str]:
     """``FEATURE_NAMES`` as written in task.py (read with ``ast``, nothing executed)."""
-    tree = ast.parse(task_source())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "FEATURE_NAMES" for t in node.targets
-        ):
-            return list(ast.literal_eval(node.value))
-    raise LookupError("task.py defines no FEATURE_NAMES")
+    return training.task_feature_names(TASK_PATH)
 
 
 def reference_rank(inputs: dict, model_bytes: bytes) -> dict:
@@ -402,7 +276,7 @@ def reference_rank(inputs: dict, model_bytes: bytes) -> dict:
     names = task_feature_names()
     if names != FEATURES:
         raise AssertionError(f"task.py FEATURE_NAMES {names} != model.FEATURES {FEATURES}")
-    ns = load_task(_VmShim({MODEL_NAME: model_bytes}))
+    ns = load_task(training.VmShim({MODEL_NAME: model_bytes}))
     return ns["main"](inputs)
 
 
