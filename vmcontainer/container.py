@@ -49,6 +49,9 @@ from .scheduler.scope import CallScope
 log = logging.getLogger("vmcontainer")
 
 
+SPAWN_ALLOWANCE = 5.0  # seconds added to the install-time check in process isolation
+
+
 class InvalidInputs(VmError, TypeError):
     """Inputs that cannot be handed to a task (not JSON-like data and numeric arrays)."""
 
@@ -202,7 +205,8 @@ class Container:
         """Load the module once (catching load-time errors before publishing) and,
         if the manifest asks, make one dry run; return the dry run's milliseconds."""
         if self._procs is not None:
-            self._procs.load_check(task.spec, self._scope(task, task.info.timeout))
+            # The first check may have to start a worker process (~0.5 s): give it room.
+            self._procs.load_check(task.spec, self._scope(task, task.info.timeout + SPAWN_ALLOWANCE))
         else:
             task.program.load_check(self._scope(task, task.info.timeout))
         warmup = task.warmup_inputs

@@ -278,11 +278,15 @@ def test_swallowed_violations_still_fail_the_call(container, deploy, body, error
 @pytest.mark.parametrize("expr", [
     "10 ** 10 ** 8", "2 ** i", "[0] * (10 ** 9)", "'ab' * i", "1 << (1 << 40)",
     "pow(7, 10 ** 9)", "'x'.ljust(10 ** 10)", "'7'.zfill(i)",
+    "_aug_item(i)", "_aug_attr(i)",
 ])
 def test_size_bombs_are_refused_before_allocating(container, deploy, expr):
     from vmcontainer import ResourceLimitExceeded
 
-    name = deploy(f"def main(i):\n    return len(str({expr}))\n")
+    helpers = ("def aug_item(i):\n    d = {0: 'ab'}\n    d[0] *= i\n    return d[0]\n"
+               "class Box:\n    def __init__(self):\n        self.v = 3\n"
+               "def aug_attr(i):\n    b = Box()\n    b.v **= i\n    return b.v\n")
+    name = deploy(helpers + f"def main(i):\n    return len(str({expr.replace('_aug', 'aug')}))\n")
     start = time.monotonic()
     with pytest.raises(ResourceLimitExceeded):
         container.invoke(name, 10 ** 9, timeout=5)

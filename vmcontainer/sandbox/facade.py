@@ -13,7 +13,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import SandboxViolation
+from ..scheduler.scope import refuse
 
 
 class Facade:
@@ -23,16 +23,16 @@ class Facade:
     _vm_name: str = "facade"
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise SandboxViolation(f"module {self._vm_name!r} is read-only")
+        raise refuse("violation", f"module {self._vm_name!r} is read-only")
 
     def __delattr__(self, name: str) -> None:
-        raise SandboxViolation(f"module {self._vm_name!r} is read-only")
+        raise refuse("violation", f"module {self._vm_name!r} is read-only")
 
     def __repr__(self) -> str:
         return f"<module {self._vm_name!r} (sandbox facade)>"
 
     def __reduce__(self) -> Any:
-        raise SandboxViolation("facades cannot be pickled")
+        raise refuse("violation", "facades cannot be pickled")
 
 
 def make_facade(name: str, members: Mapping[str, Any]) -> Facade:

@@ -143,6 +143,29 @@ class SizeGuards:
             raise self._limit("integer shift")
         return a << b
 
+    def aug(self, op: str, current: Any, value: Any) -> Any:
+        """``target op= value`` on an item or attribute: check the result's size from
+        the current value, return ``value`` for the real in-place operation."""
+        ta, tb = type(current), type(value)
+        if ta is float or tb is float:
+            return value
+        if op == "*":
+            if ta is int and tb is int:
+                if current.bit_length() + value.bit_length() > self.max_int_bits:
+                    raise self._limit("integer product")
+            elif tb is int and ta in _SEQUENCES:
+                self._repeat(current, value)
+            elif ta is int and tb in _SEQUENCES:
+                self._repeat(value, current)
+        elif op == "**":
+            if (ta is int and tb is int and value > 0 and abs(current) > 1
+                    and current.bit_length() * value > self.max_int_bits):
+                raise self._limit("integer power")
+        elif (ta is int and tb is int and current and value > 0
+              and current.bit_length() + value > self.max_int_bits):
+            raise self._limit("integer shift")
+        return value
+
     def pow(self, base: Any, exp: Any, mod: Any = None) -> Any:
         if mod is None:
             return self.arith("**", base, exp)

@@ -119,8 +119,7 @@ from typing import Any
 import numpy as np
 import regex
 
-from ..errors import ResourceLimitExceeded, SandboxViolation
-from ..scheduler.scope import Interrupt, current_scope
+from ..scheduler.scope import Interrupt, current_scope, refuse
 from . import policy
 from .facade import Facade, make_facade
 
@@ -154,7 +153,7 @@ MAX_SPLIT_SECTIONS = 1_000_000
 
 def _limit(n: int, limit: int, what: str) -> None:
     if n > limit:
-        raise ResourceLimitExceeded(f"{what}: {n} exceeds the limit of {limit}")
+        raise refuse("limit", f"{what}: {n} exceeds the limit of {limit}")
 
 
 def _named(fn: Callable[..., Any], name: str, module: str, doc: str | None = None) -> Any:
@@ -240,7 +239,7 @@ def _json() -> Facade:
     def dumps(obj, *, skipkeys=False, ensure_ascii=True, check_circular=True, allow_nan=True,
               cls=None, indent=None, separators=None, default=None, sort_keys=False):
         if cls is not None:
-            raise SandboxViolation("json.dumps: cls= is not allowed")
+            raise refuse("violation", "json.dumps: cls= is not allowed")
         return json.dumps(obj, skipkeys=skipkeys, ensure_ascii=ensure_ascii,
                           check_circular=check_circular, allow_nan=allow_nan, indent=indent,
                           separators=separators, default=default, sort_keys=sort_keys)
@@ -248,7 +247,7 @@ def _json() -> Facade:
     def loads(s, *, cls=None, object_hook=None, parse_float=None, parse_int=None,
               parse_constant=None, object_pairs_hook=None):
         if cls is not None:
-            raise SandboxViolation("json.loads: cls= is not allowed")
+            raise refuse("violation", "json.loads: cls= is not allowed")
         return json.loads(s, object_hook=object_hook, parse_float=parse_float,
                           parse_int=parse_int, parse_constant=parse_constant,
                           object_pairs_hook=object_pairs_hook)
@@ -273,7 +272,7 @@ class _SealedABCMeta(abc.ABCMeta):
     """
 
     def register(cls, subclass):
-        raise SandboxViolation("registering virtual subclasses of shared ABCs is not allowed")
+        raise refuse("violation", "registering virtual subclasses of shared ABCs is not allowed")
 
 
 _sealed_lock = threading.Lock()
@@ -331,7 +330,7 @@ def _functools() -> Facade:
     def wraps(wrapped):
         def decorator(wrapper):
             if not _is_script_function(wrapper):
-                raise SandboxViolation("functools.wraps only decorates the script's own functions")
+                raise refuse("violation", "functools.wraps only decorates the script's own functions")
             return functools.update_wrapper(wrapper, wrapped)
 
         return decorator
@@ -339,7 +338,7 @@ def _functools() -> Facade:
     def total_ordering(cls):
         own = getattr(cls, "__dict__", {}) if isinstance(cls, type) else {}
         if not any(_is_script_function(own.get(op)) for op in ("__lt__", "__le__", "__gt__", "__ge__")):
-            raise SandboxViolation("functools.total_ordering only decorates the script's own classes")
+            raise refuse("violation", "functools.total_ordering only decorates the script's own classes")
         return functools.total_ordering(cls)
 
     return _facade("functools", {
@@ -430,7 +429,7 @@ _PATTERN_CACHE_SIZE = 512
 
 def _re_flags(flags: Any) -> Any:
     if operator.index(flags) & re.DEBUG:
-        raise SandboxViolation("re.DEBUG is not allowed (it prints to the host's stdout)")
+        raise refuse("violation", "re.DEBUG is not allowed (it prints to the host's stdout)")
     return flags
 
 
@@ -626,7 +625,7 @@ class Pattern:
         return self
 
     def __reduce__(self) -> Any:
-        raise SandboxViolation("re patterns cannot be pickled")
+        raise refuse("violation", "re patterns cannot be pickled")
 
 
 class Match:
@@ -729,7 +728,7 @@ class Match:
         return self
 
     def __reduce__(self) -> Any:
-        raise SandboxViolation("re matches cannot be pickled")
+        raise refuse("violation", "re matches cannot be pickled")
 
 
 def _new_match(raw: Any, pattern: Pattern, pos: int | None = None) -> Match | None:
@@ -830,7 +829,7 @@ class _MatchIterator:
         return _new_match(raw, self._vm_pattern, self._vm_pos_override)
 
     def __reduce__(self) -> Any:
-        raise SandboxViolation("match iterators cannot be pickled")
+        raise refuse("violation", "match iterators cannot be pickled")
 
 
 def _compile(pattern: Any, flags: Any = 0) -> Pattern:
@@ -923,10 +922,10 @@ class Template(string.Template):
         # deadline (catastrophic backtracking hangs the worker).
         for name in ("pattern", "idpattern", "braceidpattern"):
             if name in cls.__dict__:
-                raise SandboxViolation(f"string.Template subclasses cannot set {name}")
+                raise refuse("violation", f"string.Template subclasses cannot set {name}")
         flags = cls.flags
         if not isinstance(flags, int) or flags & re.DEBUG:
-            raise SandboxViolation("string.Template flags must be re flags without re.DEBUG")
+            raise refuse("violation", "string.Template flags must be re flags without re.DEBUG")
         super().__init_subclass__(**kwargs)
 
 
@@ -955,7 +954,7 @@ class Random(random.Random):
 
     def seed(self, a, version=2):
         if a is None:
-            raise SandboxViolation("random.Random needs an explicit seed")
+            raise refuse("violation", "random.Random needs an explicit seed")
         super().seed(a, version)
 
     def getrandbits(self, k):
@@ -1040,11 +1039,11 @@ def _sealed_alias_class(base: type) -> type:
 
         def __setattr__(self, attr, value):
             if not attr.startswith("_"):
-                raise SandboxViolation("typing aliases are read-only")
+                raise refuse("violation", "typing aliases are read-only")
             base.__setattr__(self, attr, value)
 
         def __delattr__(self, attr):
-            raise SandboxViolation("typing aliases are read-only")
+            raise refuse("violation", "typing aliases are read-only")
 
         def __dir__(self):
             return object.__dir__(self)
@@ -1102,7 +1101,7 @@ def _dtype(spec: Any, where: str) -> np.dtype:
     """Resolve ``spec`` once and refuse anything but bool/int/uint/float/complex."""
     dt = np.dtype(spec)
     if dt.kind not in _NUMERIC_KINDS:
-        raise SandboxViolation(
+        raise refuse("violation",
             f"numpy.{where}: dtype {dt} not allowed (only bool, integer, float, complex)")
     return dt
 
@@ -1111,7 +1110,7 @@ def _numeric(value: Any, where: str) -> Any:
     """Refuse a numpy result (or a tuple/list of them) whose dtype is not numeric."""
     if isinstance(value, (np.ndarray, np.generic)):
         if value.dtype.kind not in _NUMERIC_KINDS:
-            raise SandboxViolation(
+            raise refuse("violation",
                 f"numpy.{where}: result dtype {value.dtype} not allowed "
                 "(only bool, integer, float, complex)")
     elif isinstance(value, (tuple, list)):
@@ -1123,7 +1122,7 @@ def _numeric(value: Any, where: str) -> Any:
 
 def _check_elements(n: int, where: str) -> None:
     if n > MAX_ARRAY_ELEMENTS:
-        raise ResourceLimitExceeded(
+        raise refuse("limit",
             f"numpy.{where}: {n} elements exceeds the limit of {MAX_ARRAY_ELEMENTS}")
 
 
@@ -1229,13 +1228,13 @@ def _ufunc_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
         kwargs["dtype"] = _dtype(kwargs["dtype"], where)
     for key in ("signature", "sig", "extobj"):
         if key in kwargs:
-            raise SandboxViolation(f"numpy.{where}: {key}= is not available in the sandbox")
+            raise refuse("violation", f"numpy.{where}: {key}= is not available in the sandbox")
     out = kwargs.get("out")
     if out is not None:
         for arr in out if isinstance(out, tuple) else (out,):
             if arr is not None and (not isinstance(arr, np.ndarray)
                                     or arr.dtype.kind not in _NUMERIC_KINDS):
-                raise SandboxViolation(f"numpy.{where}: out= must be a numeric array")
+                raise refuse("violation", f"numpy.{where}: out= must be a numeric array")
     return kwargs
 
 
@@ -1265,7 +1264,7 @@ class Ufunc:
         object.__setattr__(self, "_name", f.__name__)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise SandboxViolation("numpy ufuncs are read-only")
+        raise refuse("violation", "numpy ufuncs are read-only")
 
     def __repr__(self) -> str:
         return f"<ufunc {self._name!r}>"
@@ -1289,7 +1288,7 @@ class Ufunc:
 
     def at(self, a: Any, indices: Any, b: Any = None) -> None:
         if not isinstance(a, np.ndarray) or a.dtype.kind not in _NUMERIC_KINDS:
-            raise SandboxViolation(f"numpy.{self._name}.at needs a numeric array")
+            raise refuse("violation", f"numpy.{self._name}.at needs a numeric array")
         if b is None:
             self._f.at(a, indices)
         else:
@@ -1333,10 +1332,10 @@ class ndarray(metaclass=_TypeCheckOnly):
     __slots__ = ()
 
     def __new__(cls, *args, **kwargs):
-        raise SandboxViolation("numpy.ndarray() is not available; use numpy.array or numpy.zeros")
+        raise refuse("violation", "numpy.ndarray() is not available; use numpy.array or numpy.zeros")
 
     def __init_subclass__(cls, **kwargs):
-        raise SandboxViolation("numpy.ndarray cannot be subclassed")
+        raise refuse("violation", "numpy.ndarray cannot be subclassed")
 
 
 class dtype(metaclass=_TypeCheckOnly):
@@ -1349,7 +1348,7 @@ class dtype(metaclass=_TypeCheckOnly):
         return _dtype(np.float64 if obj is None else obj, "dtype")
 
     def __init_subclass__(cls, **kwargs):
-        raise SandboxViolation("numpy.dtype cannot be subclassed")
+        raise refuse("violation", "numpy.dtype cannot be subclassed")
 
 
 def _numpy_constructors() -> dict[str, Any]:
@@ -1513,7 +1512,7 @@ def _numpy_constructors() -> dict[str, Any]:
 
     def histogram(a, bins=10, range=None, density=None, weights=None):
         if isinstance(bins, str):
-            raise SandboxViolation("numpy.histogram: pass a bin count or edges, not an estimator name")
+            raise refuse("violation", "numpy.histogram: pass a bin count or edges, not an estimator name")
         try:
             bins = _count(bins, "histogram")
         except TypeError:
@@ -1532,7 +1531,7 @@ def _numpy_constructors() -> dict[str, Any]:
 
     def isin(element, test_elements, assume_unique=False, invert=False, *, kind=None):
         if kind == "table":
-            raise SandboxViolation("numpy.isin: kind='table' allocates by value range")
+            raise refuse("violation", "numpy.isin: kind='table' allocates by value range")
         return _numeric(np.isin(element, test_elements, assume_unique=assume_unique,
                                 invert=invert, kind=kind), "isin")
 
@@ -1610,13 +1609,13 @@ class Generator:
     __slots__ = ("_rng",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise SandboxViolation("use numpy.random.default_rng(seed)")
+        raise refuse("violation", "use numpy.random.default_rng(seed)")
 
     def __repr__(self) -> str:
         return "Generator(PCG64)"
 
     def __reduce__(self) -> Any:
-        raise SandboxViolation("generators cannot be pickled")
+        raise refuse("violation", "generators cannot be pickled")
 
     def bytes(self, length):
         _limit(operator.index(length), MAX_RANDOM_BYTES, "Generator.bytes length")

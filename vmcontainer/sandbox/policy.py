@@ -30,6 +30,7 @@ METACLASS = "__metaclass__"  # RestrictedPython's class hook name
 TYPE = "_vm_type_"  # the real type(), for the inline write check (scripts cannot name it)
 CLASSES = "_vm_classes_"  # the call's set of script-defined classes
 FLOAT = "_vm_float_"  # the real float type, for the inline arithmetic check
+AUG = "_vm_aug_"  # size check of `target op= value` on items and attributes
 ARITH = "_vm_arith_"  # size check before * ** << whose operands are not small constants
 
 DENIED_ATTRIBUTES: frozenset[str] = frozenset(

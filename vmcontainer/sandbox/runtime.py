@@ -175,6 +175,7 @@ class TaskProgram:
             policy.CLOCK: time.monotonic,
             policy.GETATTR: getattr_,
             policy.ARITH: sizes.arith,
+            policy.AUG: sizes.aug,
             policy.TYPE: type,
             policy.FLOAT: float,
         }

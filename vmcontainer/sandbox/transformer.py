@@ -24,6 +24,7 @@ node we decide differently:
 from __future__ import annotations
 
 import ast
+import copy
 
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
@@ -85,6 +86,36 @@ def _is_super_call(node: ast.AST) -> bool:
 
 
 _OP_NAMES = {ast.Mult: "*", ast.Pow: "**", ast.LShift: "<<"}
+
+
+def _side_effect_free(node: ast.AST) -> bool:
+    """Re-reading this target runs no script code: names, constants, subscripts and
+    attribute loads of those (``self.counts[k]``), nothing called."""
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _side_effect_free(node.value)
+    if isinstance(node, ast.Subscript):
+        return _side_effect_free(node.value) and _side_effect_free(node.slice)
+    return False
+
+
+class _ToLoad(ast.NodeTransformer):
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.Name(id=node.id, ctx=ast.Load())
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        return ast.Attribute(value=self.visit(node.value), attr=node.attr, ctx=ast.Load())
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.Subscript:
+        return ast.Subscript(value=self.visit(node.value), slice=self.visit(node.slice), ctx=ast.Load())
+
+
+def _as_load(target: ast.expr) -> ast.expr:
+    load = _ToLoad().visit(copy.deepcopy(target))
+    ast.copy_location(load, target)
+    ast.fix_missing_locations(load)
+    return load
 
 
 def _growth_op(op: ast.operator) -> bool:
@@ -208,8 +239,22 @@ class TaskTransformer(RestrictingNodeTransformer):
         return self.node_contents_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        guarded_item = (_growth_op(node.op) and not _small_constant(node.value)
+                        and isinstance(node.target, (ast.Subscript, ast.Attribute)))
+        if guarded_item:
+            if not _side_effect_free(node.target):
+                self.error(node, "augmented assignment with *, ** or << on this target: "
+                                 "assign the value to a local name first")
+                return node
+            current = self.visit(_as_load(node.target))
         # The target's own visit wraps attribute targets in _vm_write_.
         node = self.node_contents_visit(node)
+        if guarded_item:
+            # d[k] *= n  ->  d[k] *= _vm_aug_("*", d[k], n): the size check sees the
+            # current value; the target is re-read only when reading it runs no code.
+            node.value = _call(policy.AUG, ast.Constant(_OP_NAMES[type(node.op)]), current, node.value)
+            _locate(node.value, node)
+            return node
         if _growth_op(node.op) and not _small_constant(node.value) and isinstance(node.target, ast.Name):
             # n *= k  ->  n = _vm_arith_("*", n, k): same result, size checked first
             assign = ast.Assign(

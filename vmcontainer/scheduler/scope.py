@@ -40,6 +40,17 @@ def set_current_scope(scope: CallScope | None) -> None:
     _local.scope = scope
 
 
+def refuse(kind: str, message: str) -> BaseException:
+    """The error a facade raises to refuse something: inside a call, an
+    uncatchable interrupt (so the script can neither swallow it nor take its class
+    to forge errors); outside a call (host code, tests), the public error."""
+    if getattr(_local, "scope", None) is not None:
+        return fault(kind, message)
+    from ..errors import ResourceLimitExceeded, SandboxViolation
+
+    return ResourceLimitExceeded(message) if kind == "limit" else SandboxViolation(message)
+
+
 def fault(kind: str, message: str) -> Interrupt:
     """An interrupt for a policy violation or a resource limit, remembered on the
     running call so that swallowing it does not make the call succeed."""
