@@ -76,17 +76,16 @@ Left out on purpose (grouped by reason)
 
 Known limits (enforced elsewhere)
 ---------------------------------
-numpy ufuncs are handed out unwrapped (fast, immutable, only safe attributes),
-so ``ufunc(..., dtype=object)`` and ``ndarray.astype(object)`` can still make
-object arrays.  The result validator must refuse non-numeric arrays.  ``out=``,
-``ufunc.at`` and ``Generator.shuffle`` write into arrays they are given, so host
-arrays must reach scripts read-only or as copies.  ``type(array)`` is the real
-``numpy.ndarray`` (uninitialised memory, any dtype).  The facade's ``ndarray``
-cannot stop that.  The caps here are on allocations from shapes and counts.
-Broadcasting results (``np.ones((n, 1)) + np.ones((1, n))``) are bounded only by
-the worker's memory limit.  C functions called from a script frame import
-through the script's ``__import__``.  ``_prime_numpy_lazy_imports`` has numpy
-load the helpers it caches before any script runs.
+numpy ufuncs are wrapped (``Ufunc``): numeric loops only (no ``dtype=object`` /
+``signature=``), broadcast and ``outer`` sizes capped.  ``ndarray.astype/view``
+and ``type(array)`` are checked by the runtime guards.  ``out=``, ``ufunc.at``
+and ``Generator.shuffle`` write into arrays they are given: inputs reach scripts
+as copies.  The caps here are on allocations from shapes and counts; array
+methods that grow (``resize``, ``repeat``) and ``einsum`` are bounded only by the
+process (``isolation="process"``: RLIMIT_AS).  C functions called from a script
+frame import through the script's ``__import__``; ``_prime_numpy_lazy_imports``
+has numpy load the helpers it caches before any script runs.  Refusals raised
+here are uncatchable inside a call (``scope.refuse``).
 """
 
 from __future__ import annotations
@@ -1143,7 +1142,7 @@ def _count(value: Any, where: str) -> int:
     return n
 
 
-# ufuncs are handed out as they are: immutable, and their public attributes are safe.
+# ufuncs handed out through ``Ufunc`` (numeric loops only, sizes capped).
 _NP_UFUNCS = (
     "abs", "absolute", "fabs", "exp", "exp2", "expm1", "log", "log1p", "log2", "log10",
     "logaddexp", "logaddexp2", "sqrt", "cbrt", "square", "power", "float_power", "reciprocal",
