@@ -396,10 +396,12 @@ def test_integrity_error(keys, device, case, monkeypatch):
     edit_header = None
     if case == "pt_sha256":
         pt = _payload_with()
-        edit_header = lambda h: h.update(pt_sha256=hashlib.sha256(b"x").hexdigest())
+        def edit_header(h):
+            return h.update(pt_sha256=hashlib.sha256(b"x").hexdigest())
     elif case == "pt_len":
         pt = _payload_with()
-        edit_header = lambda h: h.update(pt_len=h["pt_len"] - 1)
+        def edit_header(h):
+            return h.update(pt_len=h["pt_len"] - 1)
     elif case == "not_code":
         pt = _payload_with(code=marshal.dumps(42))
     elif case == "bad_marshal":

@@ -53,7 +53,7 @@ def test_undeclared_model_is_refused(container, deploy):
 
 
 def test_run_batch_splits_back(container, deploy):
-    blob, w, b = linear_model()
+    blob, _w, b = linear_model()
     name = deploy("""
 import vm
 import numpy as np

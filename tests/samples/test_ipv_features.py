@@ -43,7 +43,7 @@ def page(item: str, enter: float, dwell: float, *actions: dict, category: str = 
     events = [{"ts": enter, "type": "page_enter", "item": item, "category": category,
                "source": "feed"}]
     events += [{"ts": enter + 1.0 + i, **a} for i, a in enumerate(actions)]
-    return events + [{"ts": enter + dwell, "type": "page_leave"}]
+    return [*events, {"ts": enter + dwell, "type": "page_leave"}]
 
 
 def test_example_matches_reference(run_ipv, model_bytes):
