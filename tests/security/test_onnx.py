@@ -129,9 +129,6 @@ def test_loop_bomb_is_terminated_at_the_deadline(sandbox):
     sandbox.refused(src, TaskTimeout, timeout=0.3, within=2.0, models={"loop": _models.loop_bomb()})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ESCAPE (low): inference ModelHub.acquire shares sessions by digest and validates a model (incl. "
-    "check_name) only on its first load: the same bytes declared again under '../lin' install fine"))
 def test_model_names_cannot_be_paths_in_the_manifest(sandbox, lin):
     sandbox.ok(body("return vm.model('lin').name", imports=HEAD), models=lin)  # bytes already loaded
     with pytest.raises((ModelError, ValueError, CompileError)):
@@ -140,9 +137,6 @@ def test_model_names_cannot_be_paths_in_the_manifest(sandbox, lin):
     sandbox.assert_alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ESCAPE: ModelHandle.run_batch (inference/sessions.py) concatenates the feeds with no size cap: "
-    "[{'x': a}] * 60 with a of 1M elements allocates 60M elements (> MAX_ARRAY_ELEMENTS) plus outputs"))
 def test_run_batch_concatenation_is_capped(sandbox, lin):
     src = body("x = np.zeros((250000, 4), dtype=np.float32)\nreturn len(vm.model('lin').run_batch([{'x': x}] * 60))",
                imports=HEAD)

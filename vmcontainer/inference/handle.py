@@ -21,8 +21,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelInputError
-from ..scheduler.scope import CallScope, Interrupt
+from ..scheduler.scope import CallScope, Interrupt, fault
 from .loaded import LoadedModel
+
+
+MAX_BATCH_ELEMENTS = 50_000_000  # as the numpy facade's allocation cap
 
 
 class ModelHandle:
@@ -92,6 +95,9 @@ class ModelHandle:
                                       f"axis on input {spec.name!r} (shape {list(spec.shape)})")
         names = [s.name for s in model.inputs]
         sizes = [f[names[0]].shape[0] for f in checked]
+        total_elements = sum(int(a.size) for f in checked for a in f.values())
+        if total_elements > MAX_BATCH_ELEMENTS:  # checked before concatenating (one C call)
+            raise fault("limit", f"run_batch of {total_elements} elements exceeds {MAX_BATCH_ELEMENTS}")
         if len(checked) == 1:
             return [self.run(checked[0])]
         try:

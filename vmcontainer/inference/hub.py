@@ -14,6 +14,7 @@ import threading
 
 from .loaded import LoadedModel
 from .profile import DeviceProfile, MicroBatch
+from .validate import check_name
 from .watchdog import Watchdog
 
 
@@ -32,6 +33,7 @@ class ModelHub:
 
         Raises ``ModelError`` if the bytes fail validation or do not load.  The first
         claim of a digest decides its name-based settings (micro-batching)."""
+        check_name(name)  # every claim: a shared session must not let a bad name through
         with self._lock:
             model = self._models.get(digest)
             if model is None:
