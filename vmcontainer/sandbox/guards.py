@@ -75,6 +75,8 @@ def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING, *,
         return _checked_dtype_method(getattr(obj, name), name)
     if sizes is not None and name in policy.PADDING_METHODS and isinstance(obj, (str, bytes, bytearray)):
         return sizes.padding(getattr(obj, name), name)
+    if sizes is not None and name == "to_bytes" and isinstance(obj, int):
+        return sizes.padding(getattr(obj, name), name)
     if default is _MISSING:
         return getattr(obj, name)
     return getattr(obj, name, default)
@@ -174,6 +176,8 @@ class SizeGuards:
     def padding(self, method: Any, name: str) -> Any:
         def checked(*args: Any, **kwargs: Any) -> Any:
             width = args[0] if args else kwargs.get("width", kwargs.get("tabsize", 8))
+            if name == "to_bytes":
+                width = args[0] if args else kwargs.get("length", 1)
             if isinstance(width, int) and width > self.max_sequence:
                 raise self._limit(f"str.{name} width")
             if (name == "expandtabs" and isinstance(width, int)

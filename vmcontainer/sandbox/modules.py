@@ -119,6 +119,8 @@ import numpy as np
 import regex
 
 from ..scheduler.scope import Interrupt, current_scope, refuse
+from .guards import SizeGuards
+from .limits import DEFAULT_LIMITS
 from . import policy
 from .facade import Facade, make_facade
 
@@ -132,6 +134,8 @@ __all__ = [
 ]
 
 MAX_ARRAY_ELEMENTS = 50_000_000
+# Facades are shared by every task, so they check sizes against the default limits.
+_SIZES = SizeGuards(DEFAULT_LIMITS.max_int_bits, DEFAULT_LIMITS.max_sequence)
 """Largest number of elements a numpy call may allocate from a shape or count argument."""
 
 MAX_COUNT_ARGUMENT = 10_000
@@ -226,7 +230,14 @@ def _math() -> Facade:
         _check_count_args("perm", n, k)
         return math.perm(n, k)
 
-    for fn in (factorial, comb, perm):
+    def prod(iterable, *, start=1):
+        values = list(iterable)
+        bits = sum(v.bit_length() for v in [start, *values] if type(v) is int)
+        if bits > _SIZES.max_int_bits:
+            raise refuse("limit", f"math.prod: a {bits}-bit product exceeds the size limit")
+        return math.prod(values, start=start)
+
+    for fn in (factorial, comb, perm, prod):
         members[fn.__name__] = _named(fn, fn.__name__, "math", getattr(math, fn.__name__).__doc__)
     return _facade("math", members)
 
@@ -990,7 +1001,14 @@ _OPERATOR_EXCLUDED = frozenset({
 
 def _operator() -> Facade:
     names = [n for n in operator.__all__ if n not in _OPERATOR_EXCLUDED and not n.startswith("_")]
-    return _facade("operator", _pick(operator, names))
+    members = _pick(operator, names)
+    # The same size checks as the `*`, `**` and `<<` operators (sandbox.guards.SizeGuards).
+    members.update(
+        mul=_named(lambda a, b: _SIZES.arith("*", a, b), "mul", "operator", operator.mul.__doc__),
+        pow=_named(lambda a, b: _SIZES.arith("**", a, b), "pow", "operator", operator.pow.__doc__),
+        lshift=_named(lambda a, b: _SIZES.arith("<<", a, b), "lshift", "operator", operator.lshift.__doc__),
+    )
+    return _facade("operator", members)
 
 
 def _hashlib() -> Facade:

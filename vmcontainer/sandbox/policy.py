@@ -66,6 +66,7 @@ GUARDED_ATTRIBUTES: dict[str, str] = {
     "center": "str padding allocates its width argument",
     "zfill": "str padding allocates its width argument",
     "expandtabs": "tab expansion multiplies the string",
+    "to_bytes": "int.to_bytes allocates its length argument",
 }
 
 # Padding methods whose first argument is a width to allocate.
