@@ -8,10 +8,10 @@ it will meet on the device.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping, Sequence
 
 from vmcontainer import __version__ as container_version
 from vmcontainer.bundle import format as fmt

@@ -11,9 +11,8 @@ Public API (see README.md)::
 
 __version__ = "0.1.0"
 
+from .container import Container, InvalidInputs
 from .errors import (
-    CircuitOpen,
-    UpstreamFailed,
     BundleDecryptError,
     BundleError,
     BundleExpired,
@@ -24,6 +23,7 @@ from .errors import (
     BundleRollback,
     BundleSignatureInvalid,
     BundleTooLarge,
+    CircuitOpen,
     CompileError,
     Diagnostic,
     ModelError,
@@ -34,9 +34,9 @@ from .errors import (
     TaskError,
     TaskNotFound,
     TaskTimeout,
+    UpstreamFailed,
     VmError,
 )
-from .container import Container, InvalidInputs
 from .inference.profile import DeviceProfile
 from .isolation.errors import WorkerCrashed
 from .isolation.pool import ProcessLimits

@@ -25,9 +25,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable, Sequence
 
 from .bundle.format import DEFAULT_CAPS, MODEL_BUNDLE_PREFIX, SizeCaps, manifest_kind
 from .bundle.keys import KeySource, load_device_private, load_publisher_public
@@ -35,15 +35,15 @@ from .bundle.verifier import BundleVerifier
 from .errors import ModelError, TaskCancelled, TaskError, UpstreamFailed, VmError
 from .inference.profile import DeviceProfile
 from .inference.sessions import ModelHub
-from .isolation.pool import ProcessLimits, ProcessPool, ProgramSpec
 from .inference.store import ModelInfo, ModelStore
+from .isolation.pool import ProcessLimits, ProcessPool, ProgramSpec
 from .registry import InstalledTask, Registry, TaskInfo
 from .sandbox.boundary import BoundaryError, copy_plain
+from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .scheduler.breaker import CircuitBreaker
 from .scheduler.graph import TaskGraphError, check_graph, dependants
 from .scheduler.metrics import Metrics
 from .scheduler.pool import CallFuture, LaneSet
-from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .scheduler.scope import CallScope
 
 log = logging.getLogger("vmcontainer")

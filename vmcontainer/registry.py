@@ -20,10 +20,10 @@ from .errors import TaskNotFound
 from .inference.refs import ModelBinding, ModelNotInstalled, bind_all
 from .inference.sessions import LoadedModel, ModelHandle, ModelHub
 from .inference.store import ModelStore
+from .sandbox.guards import violation
 from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .sandbox.runtime import TaskProgram
 from .scheduler.scope import CallScope
-from .sandbox.guards import violation
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from .bundle.keys import generate_device_key, generate_publisher_key, private_pem, public_pem
 from .bundle.sealer import pack_task, seal

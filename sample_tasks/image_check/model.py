@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sample_tasks import training

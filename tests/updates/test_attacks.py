@@ -192,10 +192,10 @@ def test_root_rotation_with_threshold(tmp_path, clock):
     """A 2-of-3 root: every new root carries two signatures of the old and two of the
     new root keys; a fresh device bootstrapped with root v1 walks the chain."""
     from bytecode_tools.repo import UpdateRepository
-
-    from .conftest import AttackServer
     from vmcontainer.testing import test_container
     from vmcontainer.updates import DeviceSync
+
+    from .conftest import AttackServer
 
     repo = UpdateRepository.init(tmp_path / "r", root_keys=3, root_threshold=2, now=clock)
     first_root = (repo.public / "metadata" / "1.root.json").read_bytes()

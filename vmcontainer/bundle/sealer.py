@@ -17,9 +17,9 @@ import hashlib
 import marshal
 import os
 import time
+from collections.abc import Mapping, Sequence
 from types import CodeType
 from typing import Any
-from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

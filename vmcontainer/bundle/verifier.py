@@ -31,14 +31,15 @@ import importlib.util
 import marshal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CodeType
-from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .. import __version__ as container_version
 from ..errors import (
     BundleDecryptError,
     BundleError,
@@ -50,7 +51,6 @@ from ..errors import (
     BundleRollback,
     BundleSignatureInvalid,
 )
-from .. import __version__ as container_version
 from . import format as fmt
 from .keys import key_id
 

@@ -24,7 +24,6 @@ from ..errors import ModelInputError
 from ..scheduler.scope import CallScope, Interrupt, fault
 from .loaded import LoadedModel
 
-
 MAX_BATCH_ELEMENTS = 50_000_000  # as the numpy facade's allocation cap
 
 

@@ -119,10 +119,10 @@ import numpy as np
 import regex
 
 from ..scheduler.scope import Interrupt, current_scope, refuse
-from .guards import SizeGuards
-from .limits import DEFAULT_LIMITS
 from . import policy
 from .facade import Facade, make_facade
+from .guards import SizeGuards
+from .limits import DEFAULT_LIMITS
 
 __all__ = [
     "MAX_ARRAY_ELEMENTS",
