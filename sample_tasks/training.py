@@ -15,6 +15,9 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +232,32 @@ def task_feature_names(task_path: Path) -> list[str]:
         ):
             return list(ast.literal_eval(node.value))
     raise LookupError(f"{Path(task_path).name} defines no FEATURE_NAMES")
+
+
+def model_cli(
+    argv: list[str] | None,
+    *,
+    module: str,
+    train_and_evaluate: Callable[[int], tuple[Any, dict[str, float]]],
+    export: Callable[..., bytes],
+    metadata: Callable[[int, dict[str, float]], dict[str, str]],
+    write_example: Callable[[], None],
+    summary: Callable[[bytes, dict[str, float]], str],
+) -> int:
+    """The samples' ``python -m sample_tasks.X.model OUT.onnx [SEED] | --write-example``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--write-example"]:  # regenerate the checked-in example_inputs.json
+        write_example()
+        return 0
+    if len(argv) not in (1, 2) or argv[0].startswith("-"):
+        print(f"usage: python -m {module} OUT.onnx [SEED]\n"
+              f"       python -m {module} --write-example", file=sys.stderr)
+        return 2
+    seed = int(argv[1]) if len(argv) == 2 else 0
+    t0 = time.perf_counter()
+    weights, metrics = train_and_evaluate(seed)
+    t1 = time.perf_counter()
+    data = export(weights, argv[0], metadata=metadata(seed, metrics))
+    print(f"wrote {argv[0]} ({len(data)} bytes); {summary(data, metrics)}; "
+          f"{t1 - t0:.2f}s to train, {time.perf_counter() - t1:.2f}s to export")
+    return 0

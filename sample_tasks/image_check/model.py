@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sample_tasks import training
-from sample_tasks.training import OPSET, single_threaded_blas
+from sample_tasks.training import OPSET, model_cli, single_threaded_blas
 from sample_tasks.training import model_metadata as model_metadata  # re-exported for callers
 
 TASK_PATH = Path(__file__).with_name("task.py")
@@ -325,26 +324,17 @@ def example_json(inputs: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--write-example"]:  # regenerate the checked-in example_inputs.json
-        EXAMPLE_INPUTS_PATH.write_text(example_json(make_example_inputs()))
-        return 0
-    if len(argv) not in (1, 2) or argv[0].startswith("-"):
-        print("usage: python -m sample_tasks.image_check.model OUT.onnx [SEED]\n"
-              "       python -m sample_tasks.image_check.model --write-example", file=sys.stderr)
-        return 2
-    seed = int(argv[1]) if len(argv) == 2 else 0
-    t0 = time.perf_counter()
-    weights, metrics = train_and_evaluate(seed)
-    t1 = time.perf_counter()
-    data = export_onnx(weights, argv[0], metadata=_metadata(seed, metrics))
-    print(
-        f"wrote {argv[0]} ({len(data)} bytes); test accuracy {metrics['test_accuracy']:.4f} "
-        f"on {int(metrics['n_test'])} held-out digits (train {metrics['train_accuracy']:.4f} on "
-        f"{int(metrics['n_train'])}); {t1 - t0:.2f}s to train, {time.perf_counter() - t1:.2f}s "
-        "to export"
+    return model_cli(
+        argv,
+        module="sample_tasks.image_check.model",
+        train_and_evaluate=train_and_evaluate,
+        export=export_onnx,
+        metadata=_metadata,
+        write_example=lambda: EXAMPLE_INPUTS_PATH.write_text(example_json(make_example_inputs())),
+        summary=lambda data, m: (
+            f"test accuracy {m['test_accuracy']:.4f} on {int(m['n_test'])} held-out digits "
+            f"(train {m['train_accuracy']:.4f} on {int(m['n_train'])})"),
     )
-    return 0
 
 
 if __name__ == "__main__":

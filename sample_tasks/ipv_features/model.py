@@ -28,14 +28,13 @@ import json
 import math
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sample_tasks import training
-from sample_tasks.training import init_mlp, roc_auc, sigmoid, single_threaded_blas
+from sample_tasks.training import init_mlp, model_cli, roc_auc, sigmoid, single_threaded_blas
 from sample_tasks.training import mlp_predict as predict_numpy  # the module's public name
 from sample_tasks.training import model_metadata as model_metadata  # re-exported for callers
 
@@ -348,27 +347,18 @@ def example_json(inputs: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--write-example"]:  # regenerate the checked-in example_inputs.json
-        EXAMPLE_INPUTS_PATH.write_text(example_json(make_example_inputs()))
-        return 0
-    if len(argv) not in (1, 2) or argv[0].startswith("-"):
-        print("usage: python -m sample_tasks.ipv_features.model OUT.onnx [SEED]\n"
-              "       python -m sample_tasks.ipv_features.model --write-example", file=sys.stderr)
-        return 2
-    seed = int(argv[1]) if len(argv) == 2 else 0
-    t0 = time.perf_counter()
-    weights, metrics = train_and_evaluate(seed)
-    t1 = time.perf_counter()
-    data = export_onnx(weights, argv[0], metadata=_metadata(seed, metrics))
-    print(
-        f"wrote {argv[0]} ({len(data)} bytes, {N_FEATURES} features, {int(metrics['rows'])} "
-        f"training page views); test AUC {metrics['test_auc']:.3f} (add-to-cart rule "
-        f"{metrics['cart_rule_auc']:.3f}), accuracy {metrics['test_accuracy']:.3f} (base rate "
-        f"{metrics['test_base_rate']:.3f}), train AUC {metrics['train_auc']:.3f}; "
-        f"{t1 - t0:.2f}s to simulate + train, {time.perf_counter() - t1:.2f}s to export"
+    return model_cli(
+        argv,
+        module="sample_tasks.ipv_features.model",
+        train_and_evaluate=train_and_evaluate,
+        export=export_onnx,
+        metadata=_metadata,
+        write_example=lambda: EXAMPLE_INPUTS_PATH.write_text(example_json(make_example_inputs())),
+        summary=lambda data, m: (
+            f"{N_FEATURES} features, {int(m['rows'])} training page views; test AUC {m['test_auc']:.3f} "
+            f"(add-to-cart rule {m['cart_rule_auc']:.3f}), accuracy {m['test_accuracy']:.3f} "
+            f"(base rate {m['test_base_rate']:.3f}), train AUC {m['train_auc']:.3f}"),
     )
-    return 0
 
 
 if __name__ == "__main__":
