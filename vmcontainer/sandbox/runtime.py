@@ -57,8 +57,8 @@ MAX_MESSAGE_CHARS = 2000
 _HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@ ]+)+[/\\]?")
 
 _BUILTINS_TEMPLATE: dict[str, Any] = {name: getattr(builtins, name) for name in policy.PLAIN_BUILTINS}
+# getattr and pow are bound per program to its size limits (TaskProgram.__init__).
 _BUILTINS_TEMPLATE.update(
-    getattr=guarded_getattr,
     hasattr=guarded_hasattr,
     type=safe_type,
     format=format,
