@@ -43,7 +43,7 @@ from .sandbox.limits import DEFAULT_LIMITS, ResourceLimits
 from .scheduler.breaker import CircuitBreaker
 from .scheduler.graph import TaskGraphError, check_graph, dependants
 from .scheduler.metrics import Metrics
-from .scheduler.pool import CallFuture, LaneSet
+from .scheduler.pool import CallFuture, CallSlot, LaneSet, Outcome
 from .scheduler.scope import CallScope
 
 log = logging.getLogger("vmcontainer")
@@ -252,6 +252,28 @@ class Container:
         Raises at once - nothing queued - for ``TaskNotFound``, ``InvalidInputs``,
         ``CircuitOpen`` and ``QueueFull``.
         """
+        task, data, scope = self._prepare(name, inputs, timeout)
+        if task.info.requires:
+            fut: CallFuture = self._submit_graph(task, data, scope, lane)
+            self._calls[scope.call_id] = fut
+            fut.add_done_callback(lambda f: self._calls.pop(f.call_id, None))
+            return fut
+        fut = CallFuture(scope)
+        self._start(task, data, scope, lane, fut)
+        return fut
+
+    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
+               lane: str | None = None) -> Any:
+        """Run a task and return its result, or raise its error."""
+        task, data, scope = self._prepare(name, inputs, timeout)
+        if task.info.requires or task.info.then:
+            return self.submit(name, inputs, timeout=timeout, lane=lane).result()
+        slot = CallSlot(scope)  # a plain call: block on one lock, no Future
+        self._start(task, data, scope, lane, slot)
+        return slot.result()
+
+    def _prepare(self, name: str, inputs: Any, timeout: float | None) -> tuple[InstalledTask, Any, CallScope]:
+        """What every call needs before it is queued: its task, its copied inputs, its scope."""
         if self._closed:
             raise RuntimeError("container is closed")
         task = self._registry.get(name)
@@ -261,26 +283,18 @@ class Container:
             raise InvalidInputs(f"inputs for {name!r}: {exc}") from None
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be positive")
-        scope = self._scope(task, task.info.timeout if timeout is None
-                            else min(timeout, task.info.timeout))
-        if task.info.requires:
-            fut: CallFuture = self._submit_graph(task, data, scope, lane)
-        else:
-            self._calls[scope.call_id] = scope
-            try:
-                fut = self._submit_one(task, data, scope, lane, None)
-            except BaseException:
-                self._calls.pop(scope.call_id, None)
-                raise
-        if isinstance(fut, GraphFuture):
-            self._calls[scope.call_id] = fut
-            fut.add_done_callback(lambda f: self._calls.pop(f.call_id, None))
-        return fut
+        return task, data, self._scope(task, task.info.timeout if timeout is None
+                                       else min(timeout, task.info.timeout))
 
-    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
-               lane: str | None = None) -> Any:
-        """Run a task and return its result, or raise its error."""
-        return self.submit(name, inputs, timeout=timeout, lane=lane).result()
+    def _start(self, task: InstalledTask, data: Any, scope: CallScope, lane: str | None,
+               outcome: Outcome) -> None:
+        """Queue a single-task call, reachable by ``cancel(call_id)`` until it ends."""
+        self._calls[scope.call_id] = scope
+        try:
+            self._submit_one(task, data, scope, lane, None, outcome)
+        except BaseException:
+            self._calls.pop(scope.call_id, None)
+            raise
 
     async def ainvoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
                       lane: str | None = None) -> Any:
@@ -307,7 +321,7 @@ class Container:
         self._breaker(name).reset()
 
     def _submit_one(self, task: InstalledTask, data: Any, scope: CallScope, lane: str | None,
-                    upstream: dict[str, Any] | None) -> CallFuture:
+                    upstream: dict[str, Any] | None, outcome: Outcome) -> None:
         name = task.info.name
         lane = lane or task.info.lane
         breaker = self._breaker(name)
@@ -317,30 +331,31 @@ class Container:
             self._metrics.reject(name, lane, type(exc).__name__)
             raise
 
+        calls, metrics = self._calls, self._metrics
+
         def record(error: BaseException | None) -> None:
-            # Before the future settles: the caller is not woken twice.
-            self._calls.pop(scope.call_id, None)
-            self._metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
-                                 scope.model_time, error)
+            # Before the outcome settles: the caller is not woken twice.
+            calls.pop(scope.call_id, None)
+            metrics.record(name, lane, time.monotonic() - (scope.deadline - scope.timeout),
+                           scope.model_time, error)
 
         def run() -> Any:
             # Newest release at start: a hot swap never touches a call in flight.
             current = self._registry.get(name)
-            error: BaseException | None = None
             try:
                 result, printed = self._execute(current, data, scope, upstream)
-                if printed:
-                    log.info("%s printed:\n%s", name, printed.rstrip("\n"), extra={
-                        "task": name, "release": current.info.release, "call_id": scope.call_id})
-                return result
             except BaseException as exc:
-                error = exc
                 log.debug("%s failed: %s: %s", name, type(exc).__name__, exc, extra={
                     "task": name, "release": current.info.release, "call_id": scope.call_id})
+                breaker.record(type(exc).__name__, probe)
+                record(exc)
                 raise
-            finally:
-                breaker.record(None if error is None else type(error).__name__, probe)
-                record(error)
+            if printed:
+                log.info("%s printed:\n%s", name, printed.rstrip("\n"), extra={
+                    "task": name, "release": current.info.release, "call_id": scope.call_id})
+            breaker.record(None, probe)
+            record(None)
+            return result
 
         def skipped(error: BaseException) -> None:
             # Cancelled or timed out in the queue: counted, never run.
@@ -348,15 +363,14 @@ class Container:
             if probe:  # the probe never ran: free the half-open slot
                 breaker.record("TaskCancelled", probe)
 
+        if task.info.then and isinstance(outcome, CallFuture):
+            outcome.add_done_callback(lambda f: self._run_followups(task, f))
         try:
-            fut = self._lanes.submit(lane, scope, run, skipped)
+            self._lanes.submit(lane, outcome, run, skipped)
         except VmError as exc:
             breaker.record("QueueFull", probe)
             self._metrics.reject(name, lane, type(exc).__name__)
             raise
-        if task.info.then:
-            fut.add_done_callback(lambda f: self._run_followups(task, f))
-        return fut
 
     def _submit_graph(self, task: InstalledTask, data: Any, scope: CallScope,
                       lane: str | None) -> GraphFuture:
@@ -393,8 +407,7 @@ class Container:
                 _resolve(parent, exc=UpstreamFailed("call cancelled", task=task.info.name))
                 return
             try:
-                child = self._submit_one(task, data, self._child_scope(task, scope), lane,
-                                         dict(results))
+                child = self._link_future(task, data, self._child_scope(task, scope), lane, dict(results))
             except BaseException as exc:
                 _resolve(parent, exc=exc)
                 return
@@ -407,7 +420,7 @@ class Container:
                 child_scope = self._child_scope(prereq, scope)
                 child = (self._submit_graph(prereq, data, child_scope, None)
                          if prereq.info.requires else
-                         self._submit_one(prereq, data, child_scope, None, None))
+                         self._link_future(prereq, data, child_scope, None, None))
             except BaseException as exc:
                 fut_err: CallFuture = CallFuture(scope)
                 fut_err.set_exception(exc)
@@ -416,6 +429,12 @@ class Container:
             parent.children.append(child)
             child.add_done_callback(lambda f, link=link: link_done(link, f))
         return parent
+
+    def _link_future(self, task: InstalledTask, data: Any, scope: CallScope, lane: str | None,
+                     upstream: dict[str, Any] | None) -> CallFuture:
+        fut = CallFuture(scope)
+        self._submit_one(task, data, scope, lane, upstream, fut)
+        return fut
 
     def _child_scope(self, task: InstalledTask, parent: CallScope) -> CallScope:
         """A link of a graph call: its own scope, the whole call's deadline."""

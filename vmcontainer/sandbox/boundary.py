@@ -36,6 +36,8 @@ class BoundaryError(ValueError):
 
 def copy_plain(value: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Deep-copy JSON-like data and numeric arrays; refuse everything else."""
+    if type(value) in _FIXED:
+        return value
     budget = [limits.max_items, limits.max_bytes]
     return _copy(value, limits, budget, 0)
 

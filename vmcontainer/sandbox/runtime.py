@@ -83,6 +83,7 @@ def _bind_getattr(sizes: SizeGuards) -> Callable[..., Any]:
 
 
 _MISSING = object()
+_LOAD_ONLY = object()  # inputs of TaskProgram._run when only the module body runs
 
 
 def scrub(text: str) -> str:
@@ -165,6 +166,11 @@ class TaskProgram:
         self._vm_factory = vm_factory
         self.limits = limits
         self._boundary = limits.boundary()
+        # Per-call objects only a script that names them can reach: a name no code
+        # object of the module mentions can never be loaded, so it is left out.
+        named = _names(code)
+        self._prints = "print" in named
+        self._defines_types = not named.isdisjoint((policy.WRITE, policy.CLASSES, policy.METACLASS))
         self._facades: Mapping[str, Any] = get_facades()
         sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
         getattr_ = _bind_getattr(sizes)
@@ -182,13 +188,15 @@ class TaskProgram:
 
     # -- per-call environment ----------------------------------------------------
 
-    def new_globals(self, scope: CallScope, output: PrintCapture) -> dict[str, Any]:
+    def new_globals(self, scope: CallScope, output: PrintCapture | None) -> dict[str, Any]:
         g = dict(self._base_globals)
-        g["print"] = output.function()  # a reserved name: scripts cannot rebind it
-        types_ = ScriptTypes(g)
-        g[policy.WRITE] = types_.write
-        g[policy.CLASSES] = types_.classes
-        g[policy.METACLASS] = types_.metaclass
+        if output is not None and self._prints:
+            g["print"] = output.function()  # a reserved name: scripts cannot rebind it
+        if self._defines_types:
+            types_ = ScriptTypes(g)
+            g[policy.WRITE] = types_.write
+            g[policy.CLASSES] = types_.classes
+            g[policy.METACLASS] = types_.metaclass
         g[policy.EXPIRED] = scope.checkpoint
         g[_SCOPE] = scope
         scope.bind(g)
@@ -222,7 +230,7 @@ class TaskProgram:
     def load_check(self, scope: CallScope) -> None:
         """Execute the module body once, so a release whose top level fails is
         refused at install instead of failing every call."""
-        self._guarded(scope, PrintCapture(self.limits.max_print_bytes), lambda g: None)
+        self._run(scope, PrintCapture(self.limits.max_print_bytes), _LOAD_ONLY, None)
 
     # -- one call -------------------------------------------------------------------
 
@@ -232,9 +240,32 @@ class TaskProgram:
         A task with prerequisites is called as ``main(inputs, upstream)`` where
         ``upstream`` maps each prerequisite's name to its (copied) result.
         """
+        if not self._prints:  # nothing can print: no capture to make or read
+            return self._run(scope, None, inputs, upstream), ""
         output = PrintCapture(self.limits.max_print_bytes)
+        return self._run(scope, output, inputs, upstream), output.text()
 
-        def run_entry(g: dict[str, Any]) -> Any:
+    def _run(self, scope: CallScope, output: PrintCapture | None, inputs: Any,
+             upstream: dict[str, Any] | None) -> Any:
+        """Execute the module in fresh globals, then (unless only loading) the entry
+        point; make every error public.  On every call's path: one frame, no closures.
+
+        The public error is built from strings only and raised *outside* the
+        ``except`` block, so neither ``__context__`` nor a traceback carries the
+        script's exception, frames or globals to the host.  When the call is over
+        its scope is closed: task code the host's garbage collector may still
+        resume later (a suspended generator's ``finally``) stops at its first
+        checkpoint.  (No check before the module runs: the lane refused a call
+        cancelled or out of time in the queue, and ``bind`` arms the first
+        checkpoint for one cancelled since.)
+        """
+        set_current_scope(scope)
+        public: VmError | None = None
+        try:
+            g = self.new_globals(scope, output)
+            exec(self.code, g)
+            if inputs is _LOAD_ONLY:
+                return None
             entry = g.get(self.entry)
             if not callable(entry):
                 raise TaskError(f'entry function "{self.entry}" is not defined', exc_type="NameError")
@@ -246,27 +277,6 @@ class TaskProgram:
                                 exc_type="ResultError") from None
             scope.check()  # also catches an interrupt the script swallowed (return in finally)
             return result
-
-        return self._guarded(scope, output, run_entry), output.text()
-
-    def _guarded(self, scope: CallScope, output: PrintCapture,
-                 body: Callable[[dict[str, Any]], Any]) -> Any:
-        """Execute the module in fresh globals, then ``body``; make every error public.
-
-        The public error is built from strings only and raised *outside* the
-        ``except`` block, so neither ``__context__`` nor a traceback carries the
-        script's exception, frames or globals to the host.  When the call is over
-        its scope is closed: task code the host's garbage collector may still
-        resume later (a suspended generator's ``finally``) stops at its first
-        checkpoint.
-        """
-        set_current_scope(scope)
-        public: VmError | None = None
-        try:
-            scope.check()
-            g = self.new_globals(scope, output)
-            exec(self.code, g)
-            return body(g)
         except Interrupt as intr:
             public = _public_interrupt(intr)
         except MemoryError:
@@ -301,6 +311,15 @@ class TaskProgram:
         return "Traceback (most recent call last):\n" + "\n".join(frames) + (
             f"\n{_type_name(exc)}: {safe_str(exc)}"
         )
+
+
+def _names(code: CodeType) -> frozenset[str]:
+    """Every name the module's code objects (nested ones too) load, store or look up."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names(const)
+    return frozenset(names)
 
 
 def _type_name(exc: BaseException) -> str:

@@ -87,7 +87,6 @@ class CallScope:
     __slots__ = (
         "_cpu_start",
         "_globals",
-        "_lock",
         "_runs",
         "_watched",
         "audit_interval",
@@ -122,7 +121,6 @@ class CallScope:
         self._cpu_start = 0.0
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
-        self._lock = _RUNS_LOCK  # one lock for all scopes' run lists: attach/detach are rare
         self._watched = False
 
     # -- wiring to the running task --------------------------------------------
@@ -226,16 +224,16 @@ class CallScope:
         return True
 
     def attach_run(self, run_options: Any) -> None:
-        with self._lock:
+        with _RUNS_LOCK:  # one lock for all scopes' run lists: attach/detach are rare
             self._runs.append(run_options)
             if self.cancelled:
                 run_options.terminate = True
 
     def detach_run(self, run_options: Any) -> None:
-        with self._lock:
+        with _RUNS_LOCK:
             self._runs.remove(run_options)
 
     def terminate_runs(self) -> None:
-        with self._lock:
+        with _RUNS_LOCK:
             for ro in self._runs:
                 ro.terminate = True
