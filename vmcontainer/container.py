@@ -168,7 +168,8 @@ class Container:
             except BaseException:
                 task.release_models()
                 raise
-            task.info = task.info.with_warmup(warm_ms)
+            if warm_ms is not None:
+                task.info = task.info.with_warmup(warm_ms)
             old = self._registry.publish(task)
             self._breaker(verified.name).reset()
         if old is not None:

@@ -235,7 +235,7 @@ def forge(
     created: int | None = None,
     expires: int | None = None,
     edit_header: Callable[[dict[str, Any]], None] | None = None,
-    aad: Callable[[dict[str, Any]], bytes] = fmt.aead_aad,
+    aad: Callable[[dict[str, Any]], bytes] = lambda header: fmt.aead_aad(fmt.canonical_json(header)),
     encrypt_nonce: bytes | None = None,
     wrapped_key: bytes | None = None,
     edit_raw: Callable[[fmt.RawBundle], None] | None = None,

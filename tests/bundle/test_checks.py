@@ -360,7 +360,7 @@ def test_second_wrap_for_this_device_is_tried(keys, device):
 def test_decrypt_error(keys, device, how):
     kwargs = {
         # the AAD of another task's header (the one in the bundle is signed and correct)
-        "aad": {"aad": lambda header: fmt.aead_aad({**header, "task": "other"})},
+        "aad": {"aad": lambda header: fmt.aead_aad(fmt.canonical_json({**header, "task": "other"}))},
         "nonce": {"encrypt_nonce": os.urandom(fmt.NONCE_LEN)},
         "key": {"wrapped_key": os.urandom(fmt.KEY_LEN)},  # another content key
     }[how]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,9 +108,15 @@ def canonical_json(obj: Any) -> bytes:
                       allow_nan=False).encode("ascii")
 
 
-def aead_aad(header: dict[str, Any]) -> bytes:
-    """AES-GCM associated data: the canonical header with ``ct_sha256`` empty."""
-    return canonical_json({**header, "ct_sha256": ""})
+_CT_DIGEST = re.compile(rb'"ct_sha256":"[0-9a-f]*"')
+
+
+def aead_aad(header_bytes: bytes) -> bytes:
+    """AES-GCM associated data: the canonical header with ``ct_sha256`` blank (the
+    ciphertext's digest cannot be known before encrypting).  Taken from the bytes,
+    not re-encoded: canonical JSON escapes every quote inside a string and the
+    header has no free-form keys, so the field occurs once."""
+    return _CT_DIGEST.sub(b'"ct_sha256":""', header_bytes, count=1)
 
 
 def signed_message(header_bytes: bytes) -> bytes:
@@ -121,67 +128,93 @@ def wrap_info(header_bytes: bytes, recipient_kid: bytes) -> bytes:
 
 
 class _Reader:
+    """Bounds-checked reads from the front of untrusted bytes."""
+
     __slots__ = ("buf", "pos")
 
     def __init__(self, buf: bytes):
-        self.buf = memoryview(buf)
+        self.buf = buf
         self.pos = 0
 
     def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
+        pos = self.pos
+        end = pos + n
         if n < 0 or end > len(self.buf):
             raise BundleMalformed(f"truncated {what}")
-        out = bytes(self.buf[self.pos:end])
         self.pos = end
-        return out
+        return self.buf[pos:end]
+
+    def _int(self, fmt: struct.Struct, what: str) -> int:
+        pos = self.pos
+        if pos + fmt.size > len(self.buf):
+            raise BundleMalformed(f"truncated {what}")
+        self.pos = pos + fmt.size
+        return fmt.unpack_from(self.buf, pos)[0]
 
     def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
+        return self._int(_U8, what)
 
     def u16(self, what: str) -> int:
-        return struct.unpack(">H", self.take(2, what))[0]
+        return self._int(_U16, what)
 
     def u32(self, what: str) -> int:
-        return struct.unpack(">I", self.take(4, what))[0]
+        return self._int(_U32, what)
 
     def u64(self, what: str) -> int:
-        return struct.unpack(">Q", self.take(8, what))[0]
+        return self._int(_U64, what)
 
     def end(self) -> None:
         if self.pos != len(self.buf):
             raise BundleMalformed("trailing bytes after the ciphertext")
 
 
-def _strict_json(data: bytes, what: str) -> dict[str, Any]:
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise BundleMalformed(f"duplicate key {k!r} in {what}")
-            out[k] = v
-        return out
+_U8, _U16, _U32, _U64 = (struct.Struct(f">{c}") for c in "BHIQ")
 
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey(next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])))
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN, Infinity: not JSON
+
+
+# One decoder, made once: ``json.loads`` with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes, parse_constant=_no_constant)
+
+
+def _strict_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_dupes,
-                         parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-    except BundleMalformed:
-        raise
+        obj = _DECODER.decode(data.decode("utf-8"))
+    except _DuplicateKey as exc:
+        raise BundleMalformed(f"duplicate key {exc.args[0]!r} in {what}") from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BundleMalformed(f"{what} is not valid JSON") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise BundleMalformed(f"{what} is not a JSON object")
     return obj
 
 
-def _check_fields(obj: dict[str, Any], spec: dict[str, Any], what: str) -> None:
-    if set(obj) != set(spec):
+def _exact_types(spec: dict[str, Any]) -> dict[str, frozenset[type]]:
+    """A field spec as exact JSON types (``json`` builds exact types, so ``type(v) in``
+    is both faster than ``isinstance`` and keeps ``True`` out of int fields)."""
+    return {k: frozenset(t if isinstance(t, tuple) else (t,)) for k, t in spec.items()}
+
+
+def _check_fields(obj: dict[str, Any], spec: dict[str, frozenset[type]], what: str) -> None:
+    if obj.keys() != spec.keys():
         missing = sorted(set(spec) - set(obj))
         extra = sorted(set(obj) - set(spec))
         raise BundleMalformed(f"{what} fields wrong (missing {missing}, unknown {extra})")
-    for key, typ in spec.items():
-        value = obj[key]
-        types_ = typ if isinstance(typ, tuple) else (typ,)
-        if not isinstance(value, typ) or (isinstance(value, bool) and bool not in types_):
+    for key, types_ in spec.items():
+        if type(obj[key]) not in types_:
             raise BundleMalformed(f"{what} field {key!r} has the wrong type")
 
 
@@ -191,7 +224,7 @@ def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
         raise BundleMalformed("bundle must be bytes")
     if len(data) > caps.bundle:
         raise BundleTooLarge(f"bundle is {len(data)} bytes, cap is {caps.bundle}")
-    r = _Reader(bytes(data))
+    r = _Reader(bytes(data))  # a private copy: nothing can change it while we read
     if r.take(4, "magic") != MAGIC:
         raise BundleMalformed("not a vmcontainer bundle (bad magic)")
     version = r.u8("format version")
@@ -224,8 +257,8 @@ def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
     header = _strict_json(header_bytes, "header")
     if canonical_json(header) != header_bytes:
         raise BundleMalformed("header is not in canonical form")
-    _check_fields(header, HEADER_FIELDS, "header")
-    _check_fields(header["python"], PYTHON_FIELDS, "header.python")
+    _check_fields(header, _HEADER_TYPES, "header")
+    _check_fields(header["python"], _PYTHON_TYPES, "header.python")
     if header["ct_len"] != ct_len:
         raise BundleMalformed("header ciphertext length does not match")
     if sorted(kid.hex() for kid, _ in signatures) != sorted(header["signers"]):
@@ -297,16 +330,19 @@ def manifest_kind(manifest: dict[str, Any]) -> str:
     return manifest.get("kind", "task")
 
 
+_HEADER_TYPES = _exact_types(HEADER_FIELDS)
+_PYTHON_TYPES = _exact_types(PYTHON_FIELDS)
+_MANIFEST_TYPES = _exact_types(MANIFEST_FIELDS)
+_OPTIONAL_TYPES = _exact_types(OPTIONAL_MANIFEST_FIELDS)
+
+
 def _check_manifest_fields(manifest: dict[str, Any]) -> None:
-    required = {k: manifest[k] for k in manifest if k in MANIFEST_FIELDS}
-    optional = {k: manifest[k] for k in manifest if k in OPTIONAL_MANIFEST_FIELDS}
-    extra = sorted(set(manifest) - set(required) - set(optional))
-    if extra:
-        missing = sorted(set(MANIFEST_FIELDS) - set(manifest))
-        raise BundleMalformed(f"manifest fields wrong (missing {missing}, unknown {extra})")
-    _check_fields(required, MANIFEST_FIELDS, "manifest")
-    for key, value in optional.items():
-        if not isinstance(value, OPTIONAL_MANIFEST_FIELDS[key]):
+    extra = manifest.keys() - _MANIFEST_TYPES.keys() - _OPTIONAL_TYPES.keys()
+    missing = _MANIFEST_TYPES.keys() - manifest.keys()
+    if extra or missing:
+        raise BundleMalformed(f"manifest fields wrong (missing {sorted(missing)}, unknown {sorted(extra)})")
+    for key, value in manifest.items():
+        if type(value) not in (_MANIFEST_TYPES.get(key) or _OPTIONAL_TYPES[key]):
             raise BundleMalformed(f"manifest field {key!r} has the wrong type")
 
 

@@ -160,7 +160,7 @@ def seal(
         "pt_sha256": hashlib.sha256(plaintext).hexdigest(),
         "pt_len": len(plaintext),
     }
-    ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, fmt.aead_aad(header))
+    ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, fmt.aead_aad(fmt.canonical_json(header)))
     header["ct_sha256"] = hashlib.sha256(ciphertext).hexdigest()
     header_bytes = fmt.canonical_json(header)
     message = fmt.signed_message(header_bytes)

@@ -26,6 +26,7 @@ Nothing is unmarshalled, decrypted or executed before the signature holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import marshal
@@ -57,6 +58,7 @@ from .keys import key_id
 MAX_WRAPS_TRIED = 4
 
 
+@functools.lru_cache(maxsize=64)  # a handful of distinct versions, parsed on every install
 def _version_tuple(version: str) -> tuple[int, ...]:
     parts = []
     for piece in version.split("."):
@@ -209,7 +211,7 @@ class BundleVerifier:
 
     def _decrypt(self, raw: fmt.RawBundle, content_keys: list[bytes]) -> bytes:
         nonce = bytes.fromhex(raw.header["nonce"])
-        aad = fmt.aead_aad(raw.header)
+        aad = fmt.aead_aad(raw.header_bytes)
         for key in content_keys:
             try:
                 return AESGCM(key).decrypt(nonce, raw.ciphertext, aad)

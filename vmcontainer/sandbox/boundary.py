@@ -36,7 +36,8 @@ class BoundaryError(ValueError):
 
 def copy_plain(value: Any, limits: Limits = DEFAULT_LIMITS) -> Any:
     """Deep-copy JSON-like data and numeric arrays; refuse everything else."""
-    if type(value) in _FIXED:
+    t = type(value)
+    if t in _FIXED or (t is int and value.bit_length() <= limits.max_int_bits):
         return value
     budget = [limits.max_items, limits.max_bytes]
     return _copy(value, limits, budget, 0)

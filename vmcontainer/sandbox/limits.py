@@ -20,6 +20,7 @@ reduction, ``s + s`` in a loop) is bounded only by the process: use
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .boundary import Limits as BoundaryLimits
@@ -38,8 +39,13 @@ class ResourceLimits:
     audit_interval: float = 0.01  # seconds between CPU-budget audits of a running task
 
     def boundary(self) -> BoundaryLimits:
-        return BoundaryLimits(max_depth=self.max_result_depth, max_items=self.max_result_items,
-                              max_bytes=self.max_result_bytes)
+        return _boundary_of(self)
+
+
+@functools.lru_cache(maxsize=64)  # one per distinct ResourceLimits: made on every install
+def _boundary_of(limits: ResourceLimits) -> BoundaryLimits:
+    return BoundaryLimits(max_depth=limits.max_result_depth, max_items=limits.max_result_items,
+                          max_bytes=limits.max_result_bytes)
 
 
 DEFAULT_LIMITS = ResourceLimits()

@@ -313,13 +313,16 @@ class TaskProgram:
         )
 
 
-def _names(code: CodeType) -> frozenset[str]:
+def _names(code: CodeType) -> set[str]:
     """Every name the module's code objects (nested ones too) load, store or look up."""
     names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            names |= _names(const)
-    return frozenset(names)
+    stack = [code]
+    while stack:
+        for const in stack.pop().co_consts:
+            if type(const) is CodeType:
+                names.update(const.co_names)
+                stack.append(const)
+    return names
 
 
 def _type_name(exc: BaseException) -> str:
