@@ -20,6 +20,7 @@ SUITES = [
     ("benchmarks.run", [], ["--quick"], True),
     ("benchmarks.scheduler", [], ["--quick"], True),
     ("benchmarks.inference", [], ["--quick"], True),
+    ("benchmarks.isolation", [], ["--quick"], True),
     ("benchmarks.soak", ["--calls", "100000"], ["--calls", "20000"], False),
 ]
 FLEET = ("benchmarks.fleet", ["--devices", "1000"], ["--devices", "200"], True)

@@ -366,6 +366,16 @@ class Container:
 
         if task.info.then and isinstance(outcome, CallFuture):
             outcome.add_done_callback(lambda f: self._run_followups(task, f))
+        if (type(outcome) is CallSlot and self._procs is not None
+                and self._procs.has_idle_worker() and not self._lanes.queued(lane)):
+            # Process mode, a worker free, nothing queued ahead: the blocking caller's
+            # thread would only wait for the worker's reply, so it does that itself -
+            # two thread wake-ups fewer than through a lane thread.
+            try:
+                outcome.set_result(run())
+            except BaseException as exc:  # already public (run translated it)
+                outcome.set_exception(exc)
+            return
         try:
             self._lanes.submit(lane, outcome, run, skipped)
         except VmError as exc:

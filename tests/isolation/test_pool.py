@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from vmcontainer import (
 from vmcontainer.isolation import ProcessLimits, ProcessPool, WorkerCrashed, codec
 from vmcontainer.isolation.framing import FrameReceiver, write_frame
 from vmcontainer.isolation.pool import _Worker
+from vmcontainer.isolation.protocol import ProtocolError
 from vmcontainer.isolation.zygote import ZYGOTE_ENV
 from vmcontainer.sandbox.limits import ResourceLimits
 from vmcontainer.scheduler.scope import CallScope
@@ -328,10 +330,19 @@ class _FakeChild:
         self.peer.close()
 
 
+_OK_HEAD = struct.Struct("<cdII")
+
+
 @pytest.mark.parametrize("reply", [
     b"garbage",
     codec.encode({"ok": 1}),                                      # wrong shape
     codec.encode({"error": {"type": "TaskTimeout", "message": 5}}),
+    b"K" + bytes(8),                                              # truncated ok header
+    _OK_HEAD.pack(b"K", 0.0, 0, 1 << 20) + codec.encode(1),       # printed text past the frame
+    _OK_HEAD.pack(b"K", float("nan"), 0, 0) + codec.encode(1),    # poisoned model accounting
+    _OK_HEAD.pack(b"K", 0.0, 0, 2) + b"\xff\xfe" + codec.encode(1),  # printed text not UTF-8
+    _OK_HEAD.pack(b"K", 0.0, 0, 0) + codec.encode(1) + b"N",      # trailing bytes
+    _OK_HEAD.pack(b"K", 0.0, 0, 0) + b"\x80\x03" + bytes(20),     # result not a codec message
 ])
 def test_malformed_replies_are_worker_crashed(pool, monkeypatch, reply):
     fake = _FakeChild()
@@ -355,13 +366,38 @@ def test_malformed_replies_are_worker_crashed(pool, monkeypatch, reply):
 
 
 def test_error_replies_map_through_an_allowlist():
-    from vmcontainer.isolation.protocol import parse_reply
+    from vmcontainer.isolation.protocol import decode_reply
 
     with pytest.raises(TaskTimeout, match="late"):
-        parse_reply({"error": {"type": "TaskTimeout", "message": "late"}})
+        decode_reply(codec.encode({"error": {"type": "TaskTimeout", "message": "late"}}))
     with pytest.raises(TaskError) as info:
-        parse_reply({"error": {"type": "SystemExit", "message": "m", "exc_type": "x"}})
+        decode_reply(codec.encode({"error": {"type": "SystemExit", "message": "m", "exc_type": "x"}}))
     assert info.value.exc_type == "SystemExit"
+
+
+def test_a_reply_is_never_unmarshalled():
+    """The marshal fast path is for requests only: a worker that answers in the
+    request format is refused, not decoded."""
+    import marshal
+
+    from vmcontainer.isolation.protocol import decode_reply
+
+    with pytest.raises((codec.CodecError, ProtocolError)):
+        decode_reply(b"M" + marshal.dumps({"ok": 1}))
+
+
+def test_requests_round_trip_with_and_without_arrays():
+    from vmcontainer.isolation.protocol import decode_request, encode_request
+
+    plain = {"op": "call", "inputs": {"k": (1, [2.5, "x"]), 3: b"raw", "big": 1 << 100}, "upstream": None}
+    chunks = encode_request(plain)
+    assert bytes(chunks[0]) == b"M"                      # the marshal fast path
+    assert decode_request(b"".join(chunks)) == plain
+    with_array = {"op": "call", "inputs": {"a": np.arange(6.0).reshape(2, 3)}, "upstream": None}
+    frame = b"".join(bytes(c) for c in encode_request(with_array))
+    assert frame[:3] == codec.MAGIC                      # arrays go through the codec
+    got = decode_request(frame)["inputs"]["a"]
+    assert got.dtype == np.float64 and got.shape == (2, 3) and got[1, 2] == 5.0
 
 
 def _children() -> set[int]:

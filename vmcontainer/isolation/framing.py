@@ -5,8 +5,8 @@ Each frame is a 4-byte big-endian length and that many bytes (the layout of
 ``send``/``recv``).  The host cannot use a blocking ``recv_bytes``: a worker
 that sends half a frame and stops would hold the calling lane thread past its
 deadline.  ``FrameReceiver`` is incremental instead - one ``recv`` per
-``step`` under the socket's timeout - so the caller can look at its deadline
-and cancel flag between steps.  The declared length is checked against the cap
+``step`` under the socket's timeout, header and body of a small frame in one -
+so the caller can look at its deadline and cancel flag between steps.  The declared length is checked against the cap
 before the body buffer is allocated.
 
 Large frames cost page faults more than copies: a receiver keeps one buffer
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from .codec import CodecError
 
 _LEN = struct.Struct("!I")
-_SMALL = 64 * 1024
+SMALL_FRAME = 64 * 1024  # frames up to this size are sent with one sendall
+_FIRST = 8 * 1024  # what the first recv of a frame asks for
 
 Chunks = Sequence[bytes | memoryview]
 
@@ -34,54 +35,60 @@ class FrameError(CodecError):
 
 
 class FrameReceiver:
-    """Assembles frames from as many ``recv`` calls as they take, into a reused buffer."""
+    """Assembles frames from as many ``recv`` calls as they take, into a reused buffer.
 
-    __slots__ = ("_body", "_buf", "_got", "_head", "keep_bytes", "max_bytes")
+    The first ``recv`` of a frame asks for up to ``_FIRST`` bytes, so a small frame
+    - most replies and requests - costs one system call, header and body
+    together.  Both sides speak strictly in turn (one request, one reply), so
+    bytes beyond the declared frame are a protocol violation (``FrameError``),
+    never the start of the next frame.
+    """
+
+    __slots__ = ("_buf", "_got", "_need", "keep_bytes", "max_bytes")
 
     def __init__(self, max_bytes: int, keep_bytes: int = 16 << 20):
         self.max_bytes = max_bytes
         self.keep_bytes = keep_bytes
-        self._buf = bytearray()
-        self._head = bytearray()
-        self._body: memoryview | None = None
+        self._buf = memoryview(bytearray(_FIRST))
         self._got = 0
+        self._need = 0  # header + body bytes of the frame in progress; 0: header not read
 
     def reset(self) -> None:
         """Forget a partly received frame."""
-        self._head.clear()
-        self._body = None
-        self._got = 0
+        self._got = self._need = 0
 
     def step(self, sock: socket.socket) -> memoryview | None:
         """One ``recv``: the complete frame (valid until the next ``step``), or None.
 
         Raises ``TimeoutError`` if nothing arrived within the socket's timeout,
-        ``EOFError`` if the peer closed, ``FrameError`` for an oversized header.
+        ``EOFError`` if the peer closed, ``FrameError`` for an oversized header
+        or bytes past the frame.
         """
-        if self._body is None:
-            chunk = sock.recv(_LEN.size - len(self._head))
-            if not chunk:
-                raise EOFError("peer closed the connection")
-            self._head += chunk
-            if len(self._head) < _LEN.size:
+        need = self._need
+        if not need and not self._got and len(self._buf) > self.keep_bytes:
+            self._buf = memoryview(bytearray(_FIRST))  # drop the last one-off big buffer
+        got = sock.recv_into(self._buf[self._got:need or _FIRST])
+        if not got:
+            raise EOFError("peer closed the connection" + (" mid-frame" if self._got else ""))
+        self._got += got
+        if not need:
+            if self._got < _LEN.size:
                 return None
-            (n,) = _LEN.unpack(self._head)
+            (n,) = _LEN.unpack_from(self._buf)
             if n > self.max_bytes:
                 raise FrameError(f"frame of {n} bytes exceeds {self.max_bytes}")
-            if n > len(self._buf):
-                if n > self.keep_bytes:
-                    self._body = memoryview(bytearray(n))  # one-off: not kept afterwards
-                else:
-                    self._buf = bytearray(max(n, 2 * len(self._buf)))
-            if self._body is None:
-                self._body = memoryview(self._buf)[:n]
-            if n == 0:
-                return self._finish()
-        got = sock.recv_into(self._body[self._got:])
-        if not got:
-            raise EOFError("peer closed the connection mid-frame")
-        self._got += got
-        return self._finish() if self._got == len(self._body) else None
+            need = self._need = _LEN.size + n
+            if self._got > need:
+                raise FrameError("bytes after the frame")
+            if need > len(self._buf):
+                # Kept for the next frames up to keep_bytes; a bigger one is a one-off.
+                grown = memoryview(bytearray(need if need > self.keep_bytes else max(need, 2 * len(self._buf))))
+                grown[:self._got] = self._buf[:self._got]
+                self._buf = grown
+        if self._got < need:
+            return None
+        self._got = self._need = 0
+        return self._buf[_LEN.size:need]
 
     def read(self, sock: socket.socket) -> memoryview:
         """Blocking read of one frame (``EOFError`` if the peer closed)."""
@@ -90,12 +97,6 @@ class FrameReceiver:
             if frame is not None:
                 return frame
 
-    def _finish(self) -> memoryview:
-        body = self._body
-        assert body is not None
-        self.reset()
-        return body
-
 
 def write_frame(sock: socket.socket, payload: bytes | Chunks) -> None:
     """Send one frame under the socket's timeout (``TimeoutError`` if the peer stalls).
@@ -103,7 +104,7 @@ def write_frame(sock: socket.socket, payload: bytes | Chunks) -> None:
     ``payload`` is bytes or the chunks of ``codec.encode_chunks``."""
     chunks: Chunks = (payload,) if isinstance(payload, bytes) else payload
     total = sum(len(c) for c in chunks)
-    if total <= _SMALL:
+    if total <= SMALL_FRAME:
         sock.sendall(b"".join((_LEN.pack(total), *chunks)))
         return
     sock.sendall(_LEN.pack(total))

@@ -41,7 +41,7 @@ from ..sandbox.limits import ResourceLimits
 from ..scheduler.scope import CallScope
 from . import codec, protocol
 from .errors import WorkerCrashed
-from .framing import FrameReceiver, write_frame
+from .framing import SMALL_FRAME, FrameReceiver, write_frame
 from .protocol import ProgramKey
 from .zygote import Child, Zygote
 
@@ -109,6 +109,10 @@ class ProgramSpec:
                               sorted((n, d) for n, (d, _) in self.models.items())],
                              sort_keys=True, default=str)
         return (self.name, self.release, hashlib.sha256(summary.encode()).hexdigest())
+
+    @cached_property
+    def reply_caps(self) -> codec.CodecLimits:
+        return protocol.reply_limits(self.limits)
 
     def load_request(self) -> dict[str, Any]:
         return {"entry": self.entry, "code": self.code, "code_digest": self.code_digest,
@@ -204,22 +208,24 @@ class ProcessPool:
         first_time = worker.needs_load(spec.key, self.limits.program_cache)
         load = spec.load_request() if first_time else None
         try:
-            payload = codec.encode_chunks(dict(request, program=spec.key, load=load,
-                                               scope=protocol.scope_request(scope)),
-                                          protocol.REQUEST_LIMITS)
+            payload = protocol.encode_request(dict(request, program=spec.key, load=load,
+                                                   scope=protocol.scope_request(scope)))
         except codec.CodecError as exc:
             raise ResourceLimitExceeded(f"call cannot be sent to a worker: {exc}") from None
         kill_at = scope.deadline + self.limits.kill_grace_s
         try:
-            child.sock.settimeout(max(kill_at - time.monotonic(), 0.001))
+            # A small request fits the socket buffer, which is empty between calls:
+            # it cannot block, so it goes out under the poll slice the reply is read
+            # with (no extra settimeout).  A big one may wait for the worker to read.
+            small = sum(len(c) for c in payload) <= SMALL_FRAME
+            _set_timeout(child.sock, POLL_S if small else max(kill_at - time.monotonic(), 0.001))
             try:
                 write_frame(child.sock, payload)
             except (BrokenPipeError, ConnectionResetError):
                 child.reap()
                 raise _NotDelivered from None
-            caps = protocol.reply_limits(spec.limits)
-            frame = self._await_reply(worker, scope, kill_at, caps.max_bytes)
-            reply = protocol.parse_reply(codec.decode(frame, caps), spec.limits)
+            frame = self._await_reply(worker, scope, kill_at, spec.reply_caps.max_bytes)
+            reply = protocol.decode_reply(frame, spec.limits, spec.reply_caps)
         except TimeoutError:  # the worker stopped reading: treat as hung
             child.kill()
             raise TaskTimeout(f"deadline of {scope.timeout:.3f}s passed") from None
@@ -246,7 +252,7 @@ class ProcessPool:
             if left <= 0:
                 child.kill()
                 raise TaskTimeout(f"deadline of {scope.timeout:.3f}s passed")
-            child.sock.settimeout(min(POLL_S, left))
+            _set_timeout(child.sock, min(POLL_S, left))
             try:
                 frame = receiver.step(child.sock)
             except TimeoutError:
@@ -255,6 +261,10 @@ class ProcessPool:
                 return frame
 
     # -- handing out workers --------------------------------------------------------------
+
+    def has_idle_worker(self) -> bool:
+        """A worker is free and no caller is waiting for one (a hint: read unlocked)."""
+        return bool(self._idle) and not self._waiting
 
     def _acquire(self, scope: CallScope) -> _Worker:
         with self._cond:
@@ -406,6 +416,13 @@ class ProcessPool:
 
 class _NotDelivered(Exception):
     """The worker was dead before the request reached it."""
+
+
+def _set_timeout(sock: Any, seconds: float) -> None:
+    """``settimeout`` costs a system call each time: skip it when nothing changes
+    (the poll slice, call after call)."""
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
 
 
 def _raise_if_over(scope: CallScope) -> None:

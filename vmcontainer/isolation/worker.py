@@ -55,8 +55,9 @@ from .protocol import (
     REPLY_LIMITS,
     REQUEST_LIMITS,
     ProgramKey,
-    error_reply,
-    ok_reply,
+    decode_request,
+    encode_error,
+    encode_ok,
     reply_limits,
     scope_from_request,
 )
@@ -89,29 +90,34 @@ class _TaskView:
         self.hub = hub
 
 
+class _Loaded(NamedTuple):
+    program: TaskProgram
+    task: _TaskView
+    reply_caps: codec.CodecLimits
+
+
 class Programs:
     """Loaded programs by key, least recently used evicted (with its models)."""
 
     def __init__(self, hub: ModelHub, capacity: int):
         self.hub = hub
         self.capacity = max(1, capacity)
-        self._cache: OrderedDict[ProgramKey, tuple[TaskProgram, _TaskView]] = OrderedDict()
+        self._cache: OrderedDict[ProgramKey, _Loaded] = OrderedDict()
 
-    def get(self, key: ProgramKey, load: dict[str, Any] | None) -> TaskProgram:
+    def get(self, key: ProgramKey, load: dict[str, Any] | None) -> _Loaded:
         entry = self._cache.get(key)
         if entry is not None:
             self._cache.move_to_end(key)
-            return entry[0]
+            return entry
         if load is None:
             raise WorkerCrashed(f"program {key[0]!r} release {key[1]} is not loaded in this worker")
         entry = self._load(key, load)
         self._cache[key] = entry
         while len(self._cache) > self.capacity:
-            _, (_, task) = self._cache.popitem(last=False)
-            self._release(task.models)
-        return entry[0]
+            self._release(self._cache.popitem(last=False)[1].task.models)
+        return entry
 
-    def _load(self, key: ProgramKey, load: dict[str, Any]) -> tuple[TaskProgram, _TaskView]:
+    def _load(self, key: ProgramKey, load: dict[str, Any]) -> _Loaded:
         name, release, _ = key
         raw = load["code"]
         if hashlib.sha256(raw).hexdigest() != load["code_digest"]:
@@ -127,10 +133,11 @@ class Programs:
             self._release(models)
             raise
         task = _TaskView(name, release, models, self.hub)
+        limits = ResourceLimits(**load["limits"])
         program = TaskProgram(code, name=name, release=release, entry=load["entry"],
                               vm_factory=lambda scope: VmModule(task, scope),  # type: ignore[arg-type]
-                              limits=ResourceLimits(**load["limits"]))
-        return program, task
+                              limits=limits)
+        return _Loaded(program, task, reply_limits(limits))
 
     def _release(self, models: dict[str, LoadedModel]) -> None:
         for model in models.values():
@@ -153,38 +160,35 @@ def serve(fd: int) -> None:
             frame = receiver.read(sock)
         except EOFError:
             return
-        _send(sock, *handle(programs, codec.decode(frame, REQUEST_LIMITS)))
+        write_frame(sock, handle(programs, decode_request(frame)))
 
 
-def handle(programs: Programs, msg: dict[str, Any]) -> tuple[dict[str, Any], codec.CodecLimits]:
-    """Run one request: its reply (errors included) and the caps it is sent under."""
+def handle(programs: Programs, msg: dict[str, Any]) -> list[bytes | memoryview]:
+    """Run one request: its reply's frame chunks (errors included)."""
     signal.setitimer(signal.ITIMER_REAL, msg["scope"]["remaining"] + BACKSTOP_S)
-    caps = REPLY_LIMITS
     try:
         scope = scope_from_request(msg["scope"])
-        program = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
-        caps = reply_limits(program.limits)
+        program, _, caps = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
         if msg["op"] == "check":
             program.load_check(scope)
-            return ok_reply(None, "", scope), caps
-        result, printed = program.call(msg["inputs"], scope, msg["upstream"])
-        return ok_reply(result, printed, scope), caps
+            result, printed = None, ""
+        else:
+            result, printed = program.call(msg["inputs"], scope, msg["upstream"])
+        try:
+            return encode_ok(result, printed, scope, caps)
+        except (codec.CodecError, MemoryError) as exc:
+            return encode_error(TaskError(f"task returned a result that cannot be sent back: {exc}",
+                                          exc_type="ResultError"))
     except VmError as exc:
-        return error_reply(exc), caps
+        return encode_error(exc)
     except Exception as exc:
-        return error_reply(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}")), caps
+        return encode_error(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}"))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _send(sock: socket.socket, reply: dict[str, Any],
-          caps: codec.CodecLimits = REPLY_LIMITS) -> None:
-    try:
-        payload = codec.encode_chunks(reply, caps)
-    except (codec.CodecError, MemoryError) as exc:
-        payload = codec.encode_chunks(error_reply(TaskError(
-            f"task returned a result that cannot be sent back: {exc}", exc_type="ResultError")))
-    write_frame(sock, payload)
+def _send(sock: socket.socket, reply: dict[str, Any]) -> None:
+    write_frame(sock, codec.encode_chunks(reply, REPLY_LIMITS))
 
 
 def _isolate_fds(keep: int) -> None:

@@ -204,6 +204,13 @@ class LaneSet:
             raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
         target.submit(outcome, fn, on_skip)
 
+    def queued(self, lane: str) -> int:
+        """Calls waiting in ``lane``'s queue (``ValueError`` for an unknown lane)."""
+        try:
+            return self.lanes[lane].depth()
+        except KeyError:
+            raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}") from None
+
     def _lower(self) -> Iterable[Lane]:
         return (self.lanes["regular"], self.lanes["low"])
 
