@@ -212,6 +212,12 @@ def safe_repr(obj: Any) -> str:
     return _ADDRESS.sub("0x…", repr(obj))
 
 
+def _script_object_repr(self: Any) -> str:
+    """``object.__repr__`` of a script class's instances, without the address."""
+    cls = type(self)
+    return f"<{cls.__module__}.{cls.__qualname__} object>"
+
+
 def safe_ascii(obj: Any) -> str:
     return _ADDRESS.sub("0x…", ascii(obj))
 
@@ -264,6 +270,10 @@ class ScriptTypes:
                 continue
             raise TypeError("metaclass conflict among the bases of " + name)
         cls = meta(name, bases, ns, **kw)
+        if cls.__repr__ is object.__repr__:
+            # Scripts cannot define __repr__; the default one prints the address, and
+            # str(), format(), %-formatting and f-strings all reach it, not just repr().
+            cls.__repr__ = _script_object_repr  # type: ignore[method-assign]
         self.classes.add(cls)
         return cls
 
