@@ -196,7 +196,8 @@ class Container:
         the task's CPU budget and model-run cap attached."""
         limits = task.program.limits
         return CallScope(min(timeout, self.max_timeout), cpu_budget=limits.cpu_seconds,
-                         audit_interval=limits.audit_interval, max_model_runs=limits.max_model_runs)
+                         audit_interval=limits.audit_interval, max_model_runs=limits.max_model_runs,
+                         memory_budget=limits.max_memory_growth)
 
     def _links_of(self, name: str) -> list[str]:
         info = self._registry.get(name).info

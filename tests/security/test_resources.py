@@ -122,7 +122,6 @@ GROWTH = [
     ("return len((1).to_bytes(2 * 10 ** 8, 'big'))", "int-to_bytes"),
     ("return len(bytearray(2 * 10 ** 8))", "bytearray-size"),
     ("return len(bytes(2 * 10 ** 8))", "bytes-size"),
-    ("s = 'x'\nfor _ in range(28):\n    s = s + s\nreturn len(s)", "string-doubling-loop"),
     ("return len(('x' * 10 ** 6).replace('x', 'y' * 200))", "str-replace-growth"),
     ("s = 'x' * (40 * 10 ** 6)\nreturn len(''.join([s] * 5))", "str-join-growth"),
     ("return len('{:>200000000}'.format(1))", "format-width"),
@@ -153,6 +152,38 @@ def test_one_call_cannot_grow_past_the_size_limits(sandbox, code):
 @pytest.mark.parametrize("code", [pytest.param(c, id=i) for c, i in GROWTH if i in GUARDED])
 def test_guarded_growth_routes_are_refused(sandbox, code):
     sandbox.refused(body(code), ResourceLimitExceeded, timeout=5.0)
+
+
+# Growth built up over loop iterations: no single operation is over a size limit, but
+# the memory audit (every audit_interval, at a checkpoint) sees the process grow.
+LOOP_GROWTH = [
+    ("s = 'x'\nfor _ in range(40):\n    s = s + s\nreturn len(s)", "string-doubling-loop"),
+    ("s = 'x' * 10 ** 7\nkeep = []\nwhile True:\n    keep.append(s + str(len(keep)))", "str-chunks"),
+    ("keep = []\nwhile True:\n    keep.append(bytearray(4 * 10 ** 6))", "bytearray-chunks"),
+    ("import numpy as np\nkeep = []\nwhile True:\n    keep.append(np.ones(10 ** 6))", "ndarray-chunks"),
+    ("d = {}\ni = 0\nwhile True:\n    d[i] = [i] * 1000\n    i += 1", "dict-of-lists"),
+]
+
+
+@pytest.mark.parametrize("code", [pytest.param(c, id=i) for c, i in LOOP_GROWTH])
+def test_memory_growth_over_iterations_hits_the_budget(sandbox, code):
+    exc = sandbox.refused(body(code), ResourceLimitExceeded, timeout=20.0, within=15.0)
+    assert "memory grew" in str(exc)
+
+
+def test_memory_budget_is_a_resource_limit_per_task():
+    """A task's own budget applies (and None turns the audit off)."""
+    from vmcontainer import ResourceLimits
+    from vmcontainer.testing import build_test_bundle, test_container
+
+    src = body("keep = []\nfor _ in range(40):\n    keep.append(bytearray(2 * 10 ** 6))\nreturn len(keep)")
+    small = ResourceLimits(max_memory_growth=16 << 20, audit_interval=0.001)
+    with test_container(workers=1, task_limits={"tight": small}) as c:
+        c.install(build_test_bundle(src, name="tight", timeout=10))
+        c.install(build_test_bundle(src, name="default", timeout=10))
+        with pytest.raises(ResourceLimitExceeded, match="memory grew by more than 16 MiB"):
+            c.invoke("tight", None)
+        assert c.invoke("default", None) == 40  # 80 MB is within the default budget
 
 
 def test_print_does_not_build_what_it_will_drop(thread_only):

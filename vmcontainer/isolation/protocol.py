@@ -15,7 +15,8 @@ none), as a codec message (``codec.py``).  Messages::
                      "limits": {ResourceLimits fields}, "models": {name: (digest, blob)}},
      "inputs": data, "upstream": None | {name: result},
      "scope": {"timeout": s, "remaining": s, "cpu_budget": s | None,
-               "audit_interval": s, "max_model_runs": int | None}}
+               "audit_interval": s, "max_model_runs": int | None,
+               "memory_budget": bytes | None}}
 
 ``load`` is sent the first time a worker sees a program (the host mirrors each
 worker's LRU cache); ``scope`` rebuilds the call's ``CallScope`` in the worker
@@ -125,7 +126,7 @@ def scope_request(scope: CallScope) -> dict[str, Any]:
     """Host side: what the worker needs to rebuild ``scope``."""
     return {"timeout": scope.timeout, "remaining": scope.remaining(),
             "cpu_budget": scope.cpu_budget, "audit_interval": scope.audit_interval,
-            "max_model_runs": scope.max_model_runs}
+            "max_model_runs": scope.max_model_runs, "memory_budget": scope.memory_budget}
 
 
 def scope_from_request(req: dict[str, Any]) -> CallScope:
@@ -134,7 +135,7 @@ def scope_from_request(req: dict[str, Any]) -> CallScope:
     timeout = req["timeout"]
     return CallScope(timeout, start=time.monotonic() - (timeout - req["remaining"]),
                      cpu_budget=req["cpu_budget"], audit_interval=req["audit_interval"],
-                     max_model_runs=req["max_model_runs"])
+                     max_model_runs=req["max_model_runs"], memory_budget=req["memory_budget"])
 
 
 def error_reply(exc: BaseException) -> dict[str, Any]:

@@ -8,14 +8,18 @@ limit                       enforced by                             error
 ``max_sequence``            arithmetic guard, str padding guards    ResourceLimitExceeded
 ``max_print_bytes``         the captured ``print``                  (output truncated)
 ``max_model_runs``          ``vm.model(...).run``                   ResourceLimitExceeded
+``max_memory_growth``       checkpoint audit (process RSS growth)   ResourceLimitExceeded
 ``max_result_items/bytes``  the result boundary                     TaskError
 ``max_result_depth``        the result boundary                     TaskError
 ==========================  ======================================  =========================
 
-Wall-clock deadlines are the call's own (``CallScope``).  Memory a single C
-call allocates without going through one of these guards (a broadcast numpy
-reduction, ``s + s`` in a loop) is bounded only by the process: use
-``Container(isolation="process")``, whose workers run under RLIMIT_AS.
+Wall-clock deadlines are the call's own (``CallScope``).  Memory that one C call
+allocates without going through one of these guards (``bytes(n)``, a broadcast
+numpy product) is bounded only by the process - the memory audit runs between
+iterations, not inside a call: use ``Container(isolation="process")``, whose
+workers run under RLIMIT_AS.  The audit reads the whole process's resident size,
+so in thread mode another thread's allocations during the call count too: the
+default budget is generous.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ class ResourceLimits:
     max_result_items: int = 1_000_000
     max_result_bytes: int = 64 << 20
     max_result_depth: int = 64
-    audit_interval: float = 0.01  # seconds between CPU-budget audits of a running task
+    # Growth of the process's resident memory while the call runs, checked at the same
+    # audits as the CPU budget: bounds growth built up over loop iterations
+    # (s = s + s, a list of big chunks), which no guard before an operation sees.
+    max_memory_growth: int | None = 256 << 20
+    audit_interval: float = 0.01  # seconds between CPU/memory audits of a running task
 
     def boundary(self) -> BoundaryLimits:
         return _boundary_of(self)

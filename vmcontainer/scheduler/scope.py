@@ -20,6 +20,7 @@ inference watchdog, at the deadline.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from typing import Any
@@ -60,6 +61,16 @@ def fault(kind: str, message: str) -> Interrupt:
         scope.fault = intr
     return intr
 _NEG_INF = float("-inf")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (Linux and Android ``/proc``); None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 _RUNS_LOCK = threading.Lock()
 _PARK_POLL = 0.005
 
@@ -87,6 +98,7 @@ class CallScope:
     __slots__ = (
         "_cpu_start",
         "_globals",
+        "_rss_start",
         "_runs",
         "_watched",
         "audit_interval",
@@ -98,6 +110,7 @@ class CallScope:
         "fault",
         "gate",
         "max_model_runs",
+        "memory_budget",
         "model_runs",
         "model_time",
         "timeout",
@@ -105,7 +118,7 @@ class CallScope:
 
     def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None,
                  cpu_budget: float | None = None, audit_interval: float = 0.01,
-                 max_model_runs: int | None = None):
+                 max_model_runs: int | None = None, memory_budget: int | None = None):
         self.call_id = next(_ids) if call_id is None else call_id
         self.timeout = timeout
         self.deadline = (time.monotonic() if start is None else start) + timeout
@@ -114,11 +127,13 @@ class CallScope:
         self.model_time = 0.0
         self.model_runs = 0
         self.cpu_budget = cpu_budget
+        self.memory_budget = memory_budget
         self.audit_interval = audit_interval
         self.max_model_runs = max_model_runs
         self.fault: Interrupt | None = None  # a violation or limit hit, even if swallowed
         self.closed = False  # the call is over: no more task code may run under it
         self._cpu_start = 0.0
+        self._rss_start = -1
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
         self._watched = False
@@ -135,8 +150,8 @@ class CallScope:
 
     def _next_stop(self) -> float:
         """When the checkpoints should next take the slow path: the deadline, or
-        sooner when a CPU budget needs auditing."""
-        if self.cpu_budget is None:
+        sooner when a CPU or memory budget needs auditing."""
+        if self.cpu_budget is None and self.memory_budget is None:
             return self.deadline
         return min(self.deadline, time.monotonic() + self.audit_interval)
 
@@ -164,6 +179,8 @@ class CallScope:
                 raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
         if self.cpu_budget is not None and self._cpu_exhausted():
             raise Interrupt("limit", f"CPU budget of {self.cpu_budget:.3f}s exhausted")
+        if self.memory_budget is not None and self._memory_exceeded():
+            raise Interrupt("limit", f"memory grew by more than {self.memory_budget >> 20} MiB during the call")
         g = self._globals
         if g is not None and not self.cancelled:
             g[policy.DEADLINE] = self._next_stop()
@@ -206,6 +223,17 @@ class CallScope:
         if self._cpu_start < 0:
             self._cpu_start = now - self.audit_interval
         return now - self._cpu_start > self.cpu_budget  # type: ignore[operator]
+
+    def _memory_exceeded(self) -> bool:
+        """The first audit (one ``audit_interval`` into the call) takes the baseline:
+        a short call never pays for reading the resident size."""
+        rss = resident_bytes()
+        if rss is None:
+            return False
+        if self._rss_start < 0:
+            self._rss_start = rss
+            return False
+        return rss - self._rss_start > self.memory_budget  # type: ignore[operator]
 
     def close(self) -> None:
         """The call is over: any task code still resumed later (by the garbage
