@@ -103,9 +103,11 @@ class RawBundle:
         return b"".join(parts)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
+    return _CANONICAL.encode(obj).encode("ascii")
 
 
 _CT_DIGEST = re.compile(rb'"ct_sha256":"[0-9a-f]*"')
@@ -186,13 +188,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(name)  # NaN, Infinity: not JSON
 
 
-# One decoder, made once: ``json.loads`` with hooks builds a new one per call.
+# Decoders made once: ``json.loads`` with hooks builds a new one per call.  The strict
+# one refuses duplicate keys; a text checked for canonical form afterwards needs only
+# the plain one (C all the way, no hook per object).
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes, parse_constant=_no_constant)
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
-def _strict_json(data: bytes, what: str) -> dict[str, Any]:
+def _strict_json(data: bytes, what: str, decoder: json.JSONDecoder = _DECODER) -> dict[str, Any]:
     try:
-        obj = _DECODER.decode(data.decode("utf-8"))
+        obj = decoder.decode(data.decode("utf-8"))
     except _DuplicateKey as exc:
         raise BundleMalformed(f"duplicate key {exc.args[0]!r} in {what}") from None
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -254,8 +259,8 @@ def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
     ciphertext = r.take(ct_len, "ciphertext")
     r.end()
 
-    header = _strict_json(header_bytes, "header")
-    if canonical_json(header) != header_bytes:
+    header = _strict_json(header_bytes, "header", _PLAIN_DECODER)
+    if canonical_json(header) != header_bytes:  # also refuses duplicate keys: the re-encoding loses one
         raise BundleMalformed("header is not in canonical form")
     _check_fields(header, _HEADER_TYPES, "header")
     _check_fields(header["python"], _PYTHON_TYPES, "header.python")
