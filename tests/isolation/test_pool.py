@@ -343,6 +343,10 @@ _OK_HEAD = struct.Struct("<cdII")
     _OK_HEAD.pack(b"K", 0.0, 0, 2) + b"\xff\xfe" + codec.encode(1),  # printed text not UTF-8
     _OK_HEAD.pack(b"K", 0.0, 0, 0) + codec.encode(1) + b"N",      # trailing bytes
     _OK_HEAD.pack(b"K", 0.0, 0, 0) + b"\x80\x03" + bytes(20),     # result not a codec message
+    _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[1] [2]",                  # JSON with data after it
+    _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[" * 100 + b"]" * 100,     # JSON deeper than the caps
+    _OK_HEAD.pack(b"J", 0.0, 0, 0) + b'["\xc3\xa9"]',              # JSON that is not ASCII
+    _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[" * 100_000,              # JSON deeper than the C stack
 ])
 def test_malformed_replies_are_worker_crashed(pool, monkeypatch, reply):
     fake = _FakeChild()

@@ -159,7 +159,7 @@ class ProcessPool:
             max_open_files=limits.max_open_files, recursion_limit=limits.recursion_limit,
             program_cache=limits.program_cache, profile=profile or DeviceProfile(),
         ), protocol.REQUEST_LIMITS)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never re-entered: a plain lock is cheaper
         self._idle: list[_Worker] = []
         self._live: set[_Worker] = set()
         self._retiring: list[_Worker] = []

@@ -194,8 +194,34 @@ def decode_request(frame: bytes | memoryview) -> Any:
 _JSON_TYPES = frozenset({type(None), bool, int, float, str, list, dict})
 _JSON_CONTAINERS = frozenset({list, dict})
 _I64 = 1 << 63
-_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # made once
-_JSON_DECODER = json.JSONDecoder()
+
+
+def _json_codec() -> tuple[Any, Any]:
+    """JSON's C encoder and scanner, made once: ``json.dumps``/``loads`` build them per
+    call in Python (pure-Python fallbacks where the C accelerator is missing)."""
+    from json import encoder, scanner
+
+    plain = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+    if encoder.c_make_encoder is not None:
+        c_encode = encoder.c_make_encoder(None, plain.default, encoder.encode_basestring_ascii, None,
+                                          ":", ",", False, False, True)
+
+        def encode(value: Any) -> str:
+            return "".join(c_encode(value, 0))
+    else:  # pragma: no cover - CPython always has the accelerator
+        encode = plain.encode
+    scan = scanner.make_scanner(json.JSONDecoder())
+
+    def decode(text: str) -> Any:
+        value, end = scan(text, 0)  # StopIteration for empty or invalid text
+        if end != len(text):
+            raise ValueError("extra data after the JSON value")
+        return value
+
+    return encode, decode
+
+
+_json_encode, _json_decode = _json_codec()
 
 
 def _json_exact(value: Any, depth: int, max_depth: int) -> bool:
@@ -243,7 +269,7 @@ def encode_ok(result: Any, printed: str, scope: CallScope,
     text = printed.encode("utf-8", "surrogatepass")
     body: list[bytes | memoryview] | None = None
     if _json_exact(result, 0, caps.max_depth):
-        raw = _JSON_ENCODER.encode(result).encode("ascii")
+        raw = _json_encode(result).encode("ascii")
         if len(raw) <= caps.max_bytes:
             kind, body = b"J", [raw]
     if body is None:
@@ -307,8 +333,8 @@ def decode_reply(frame: bytes | memoryview, limits: ResourceLimits = DEFAULT_RES
         result = codec.decode(frame[end:], caps)
     else:
         try:
-            result = _JSON_DECODER.decode(str(frame[end:], "ascii"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            result = _json_decode(str(frame[end:], "ascii"))
+        except (ValueError, RecursionError, StopIteration):  # UnicodeDecodeError is a ValueError
             raise ProtocolError("result is not valid JSON") from None
         if type(result) in _JSON_CONTAINERS:
             _check_json_tree(result, caps)
