@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 POLL_S = 0.005  # how often a waiting call looks at its cancel flag and deadline
 _RETRY_SPAWN_S = 1.0
+_DELIVERY_ATTEMPTS = 3  # the idle worker, the spare, a fresh one
 
 
 
@@ -186,7 +187,7 @@ class ProcessPool:
 
     def _run(self, spec: ProgramSpec, scope: CallScope, request: dict[str, Any]) -> tuple[Any, str]:
         _raise_if_over(scope)
-        for attempt in range(2):
+        for attempt in range(_DELIVERY_ATTEMPTS):
             worker = self._acquire(scope)
             ok = False
             try:
@@ -194,9 +195,10 @@ class ProcessPool:
                 ok = True
                 return reply
             except _NotDelivered:
-                # An idle worker died (OOM killer, external kill): the call never
-                # reached it, so one more worker may take it.
-                if attempt:
+                # An idle worker died (OOM killer, external kill, its zygote gone): the
+                # call never reached it, so another worker - the spare, then a fresh
+                # spawn - may take it.
+                if attempt == _DELIVERY_ATTEMPTS - 1:
                     raise WorkerCrashed(f"no live worker took the call to {spec.name!r}") from None
             finally:
                 self._release(worker, ok)
@@ -351,11 +353,18 @@ class ProcessPool:
     def _start_worker(self) -> _Worker:
         start = time.perf_counter()
         timeout = self.limits.spawn_timeout
-        if self._zygote is None or not self._zygote.alive:
-            if self._zygote is not None:
-                self._zygote.close()
-            self._zygote = Zygote(timeout)
-        child = self._zygote.fork(timeout)
+        for attempt in range(2):
+            if self._zygote is None or not self._zygote.alive:
+                if self._zygote is not None:
+                    self._zygote.close()
+                self._zygote = Zygote(timeout)
+            try:
+                child = self._zygote.fork(timeout)
+                break
+            except WorkerCrashed:
+                if attempt or self._zygote.alive:
+                    raise
+                # The zygote died under an earlier check (its workers with it): a new one.
         try:
             child.sock.settimeout(timeout)
             write_frame(child.sock, self._init)

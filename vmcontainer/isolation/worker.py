@@ -23,8 +23,14 @@ costs a fork plus ``_harden`` - not the imports.  It then:
   ``ModelHub``, and ``vm.model`` is the host's very ``VmModule``;
 * runs each call as thread mode does (``TaskProgram.call`` with a
   ``CallScope`` for the time left) and replies with the result or the public
-  error.  A backstop ``ITIMER_REAL`` kills the worker shortly after the
-  deadline even if the host is gone.
+  error.
+
+If the host dies, the zygote sees its control socket close and SIGKILLs every
+worker; on Linux (and Android) a worker also asks the kernel to SIGKILL it when
+the zygote dies (``PR_SET_PDEATHSIG``), so no runaway call outlives them.
+Where that is not available, a backstop ``ITIMER_REAL`` armed for each call
+kills the worker shortly after the call's deadline instead (two system calls
+per call that the kernel's guarantee makes unnecessary).
 """
 
 from __future__ import annotations
@@ -71,6 +77,31 @@ BACKSTOP_S = 2.0
 def preload() -> None:
     """Everything a worker needs that can be done once in the zygote."""
     get_facades()
+    _libc()
+
+
+def _libc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> bool:
+    """Have the kernel SIGKILL this process when ``parent`` (the zygote) dies; False
+    where ``prctl`` is unavailable.  Exits at once if the parent is already gone."""
+    libc = _libc() if sys.platform.startswith("linux") else None
+    prctl = getattr(libc, "prctl", None)
+    if prctl is None or prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # died between our fork and the prctl
+        os._exit(0)
+    return True
 
 
 class _Info(NamedTuple):
@@ -144,9 +175,11 @@ class Programs:
             self.hub.release(model)
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, parent: int | None = None) -> None:
     """The worker's whole life: returns when the host closes the connection
-    (the caller then ``os._exit``s) or exits the process on a broken pipe."""
+    (the caller then ``os._exit``s) or exits the process on a broken pipe.
+    ``parent`` is the zygote's pid (None: no parent-death guard, use the backstop)."""
+    backstop = parent is None or not die_with_parent(parent)
     _isolate_fds(fd)
     sock = socket.socket(fileno=fd)
     receiver = FrameReceiver(REQUEST_LIMITS.max_bytes)
@@ -160,12 +193,13 @@ def serve(fd: int) -> None:
             frame = receiver.read(sock)
         except EOFError:
             return
-        write_frame(sock, handle(programs, decode_request(frame)))
+        write_frame(sock, handle(programs, decode_request(frame), backstop))
 
 
-def handle(programs: Programs, msg: dict[str, Any]) -> list[bytes | memoryview]:
+def handle(programs: Programs, msg: dict[str, Any], backstop: bool = True) -> list[bytes | memoryview]:
     """Run one request: its reply's frame chunks (errors included)."""
-    signal.setitimer(signal.ITIMER_REAL, msg["scope"]["remaining"] + BACKSTOP_S)
+    if backstop:
+        signal.setitimer(signal.ITIMER_REAL, msg["scope"]["remaining"] + BACKSTOP_S)
     try:
         scope = scope_from_request(msg["scope"])
         program, _, caps = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
@@ -184,7 +218,8 @@ def handle(programs: Programs, msg: dict[str, Any]) -> list[bytes | memoryview]:
     except Exception as exc:
         return encode_error(WorkerCrashed(f"worker failed: {type(exc).__name__}: {exc}"))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if backstop:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _send(sock: socket.socket, reply: dict[str, Any]) -> None:

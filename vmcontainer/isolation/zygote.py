@@ -109,6 +109,7 @@ def _recv_request(ctl: socket.socket) -> tuple[bytes | None, list[int]]:
 
 
 def _fork(ctl: socket.socket, fd: int, serve: Any) -> int:
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -118,7 +119,7 @@ def _fork(ctl: socket.socket, fd: int, serve: Any) -> int:
     code = 0
     try:
         ctl.close()
-        serve(fd)
+        serve(fd, parent)
     except BaseException:
         code = 70
     finally:
