@@ -290,8 +290,14 @@ def test_concurrent_callers_get_their_own_results(pool):
 def test_a_call_to_a_worker_that_died_idle_goes_to_another(pool):
     spec = make_spec("def main(x):\n    return x\n")
     pool.call(spec, 0, CallScope(5))
-    with pool._cond:
-        victim = pool._idle[-1].child.pid  # the next call's worker
+    deadline = time.monotonic() + 10
+    while True:  # let the spare's spawn land first: it would become the next call's worker
+        with pool._cond:
+            if not pool._spawning and not pool._should_spawn():
+                victim = pool._idle[-1].child.pid  # the next call's worker
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
     os.kill(victim, signal.SIGKILL)
     while Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
         time.sleep(0.005)
