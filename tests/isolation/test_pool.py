@@ -411,14 +411,18 @@ def test_a_reply_is_never_unmarshalled():
 def test_requests_round_trip_with_and_without_arrays():
     from vmcontainer.isolation.protocol import decode_request, encode_request
 
-    plain = {"op": "call", "inputs": {"k": (1, [2.5, "x"]), 3: b"raw", "big": 1 << 100}, "upstream": None}
+    from vmcontainer.isolation.protocol import CallRequest
+
+    scope = (5.0, 4.5, None, 0.01, None, None)
+    plain = CallRequest("call", ("t", 1, "d"), None, {"k": (1, [2.5, "x"]), 3: b"raw", "big": 1 << 100},
+                        None, scope)
     chunks = encode_request(plain)
     assert bytes(chunks[0]) == b"M"                      # the marshal fast path
     assert decode_request(b"".join(chunks)) == plain
-    with_array = {"op": "call", "inputs": {"a": np.arange(6.0).reshape(2, 3)}, "upstream": None}
+    with_array = CallRequest("call", ("t", 1, "d"), None, {"a": np.arange(6.0).reshape(2, 3)}, None, scope)
     frame = b"".join(bytes(c) for c in encode_request(with_array))
     assert frame[:3] == codec.MAGIC                      # arrays go through the codec
-    got = decode_request(frame)["inputs"]["a"]
+    got = decode_request(frame).inputs["a"]
     assert got.dtype == np.float64 and got.shape == (2, 3) and got[1, 2] == 5.0
 
 

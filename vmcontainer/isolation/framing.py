@@ -60,7 +60,8 @@ class FrameReceiver:
     def step(self, sock: socket.socket) -> memoryview | None:
         """One ``recv``: the complete frame (valid until the next ``step``), or None.
 
-        Raises ``TimeoutError`` if nothing arrived within the socket's timeout,
+        Raises ``TimeoutError`` (``BlockingIOError`` under SO_RCVTIMEO) if nothing
+        arrived within the socket's timeout,
         ``EOFError`` if the peer closed, ``FrameError`` for an oversized header
         or bytes past the frame.
         """

@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import signal
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -124,13 +126,23 @@ class ProgramSpec:
 class _Worker:
     """The host's record of one worker: its process and which programs it holds."""
 
-    __slots__ = ("calls", "child", "programs", "receiver")
+    __slots__ = ("calls", "child", "programs", "receiver", "slice")
 
     def __init__(self, child: Child):
         self.child = child
         self.calls = 0
         self.programs: OrderedDict[ProgramKey, None] = OrderedDict()
         self.receiver = FrameReceiver(protocol.REPLY_LIMITS.max_bytes)
+        # A blocking socket whose reads give up after the poll slice (SO_RCVTIMEO): one
+        # system call per read, where settimeout() polls first and reads second.
+        child.sock.settimeout(None)
+        self.slice = 0.0
+        self.read_slice(POLL_S)
+
+    def read_slice(self, seconds: float) -> None:
+        if seconds != self.slice:
+            _kernel_timeout(self.child.sock, socket.SO_RCVTIMEO, seconds)
+            self.slice = seconds
 
     def needs_load(self, key: ProgramKey, capacity: int) -> bool:
         """Mirror of the worker's LRU (``worker.Programs``): True if the program
@@ -178,20 +190,21 @@ class ProcessPool:
     def call(self, spec: ProgramSpec, data: Any, scope: CallScope,
              upstream: dict[str, Any] | None = None) -> tuple[Any, str]:
         """Run ``spec``'s entry point on ``data`` in a worker: (result, printed)."""
-        return self._run(spec, scope, {"op": "call", "inputs": data, "upstream": upstream})
+        return self._run(spec, scope, "call", data, upstream)
 
     def load_check(self, spec: ProgramSpec, scope: CallScope) -> None:
         """Execute the module body once in a worker (install-time check, as
         ``TaskProgram.load_check``; also loads the models there)."""
-        self._run(spec, scope, {"op": "check", "inputs": None, "upstream": None})
+        self._run(spec, scope, "check", None, None)
 
-    def _run(self, spec: ProgramSpec, scope: CallScope, request: dict[str, Any]) -> tuple[Any, str]:
+    def _run(self, spec: ProgramSpec, scope: CallScope, op: str, data: Any,
+             upstream: dict[str, Any] | None) -> tuple[Any, str]:
         _raise_if_over(scope)
         for attempt in range(_DELIVERY_ATTEMPTS):
             worker = self._acquire(scope)
             ok = False
             try:
-                reply = self._exchange(worker, spec, scope, request)
+                reply = self._exchange(worker, spec, scope, op, data, upstream)
                 ok = True
                 return reply
             except _NotDelivered:
@@ -204,31 +217,22 @@ class ProcessPool:
                 self._release(worker, ok)
         raise AssertionError("unreachable")
 
-    def _exchange(self, worker: _Worker, spec: ProgramSpec, scope: CallScope,
-                  request: dict[str, Any]) -> tuple[Any, str]:
+    def _exchange(self, worker: _Worker, spec: ProgramSpec, scope: CallScope, op: str, data: Any,
+                  upstream: dict[str, Any] | None) -> tuple[Any, str]:
         child = worker.child
         first_time = worker.needs_load(spec.key, self.limits.program_cache)
         load = spec.load_request() if first_time else None
         try:
-            payload = protocol.encode_request(dict(request, program=spec.key, load=load,
-                                                   scope=protocol.scope_request(scope)))
+            payload = protocol.encode_request(protocol.CallRequest(
+                op, spec.key, load, data, upstream, protocol.scope_request(scope)))
         except codec.CodecError as exc:
             raise ResourceLimitExceeded(f"call cannot be sent to a worker: {exc}") from None
         kill_at = scope.deadline + self.limits.kill_grace_s
         try:
-            # A small request fits the socket buffer, which is empty between calls:
-            # it cannot block, so it goes out under the poll slice the reply is read
-            # with (no extra settimeout).  A big one may wait for the worker to read.
-            small = sum(len(c) for c in payload) <= SMALL_FRAME
-            _set_timeout(child.sock, POLL_S if small else max(kill_at - time.monotonic(), 0.001))
-            try:
-                write_frame(child.sock, payload)
-            except (BrokenPipeError, ConnectionResetError):
-                child.reap()
-                raise _NotDelivered from None
+            self._send(child, payload, kill_at)
             frame = self._await_reply(worker, scope, kill_at, spec.reply_caps.max_bytes)
             reply = protocol.decode_reply(frame, spec.limits, spec.reply_caps)
-        except TimeoutError:  # the worker stopped reading: treat as hung
+        except BlockingIOError:  # the worker stopped reading: treat as hung
             child.kill()
             raise TaskTimeout(f"deadline of {scope.timeout:.3f}s passed") from None
         except (codec.CodecError, protocol.ProtocolError) as exc:
@@ -240,6 +244,22 @@ class ProcessPool:
         scope.model_time += reply.model_time
         scope.model_runs += reply.model_runs
         return reply.result, reply.printed
+
+    @staticmethod
+    def _send(child: Child, payload: list[bytes | memoryview], kill_at: float) -> None:
+        """A small request fits the socket buffer, which is empty between calls, so it
+        cannot block; a big one may wait for the worker to read it, until the kill time."""
+        big = sum(len(c) for c in payload) > SMALL_FRAME
+        if big:
+            _kernel_timeout(child.sock, socket.SO_SNDTIMEO, max(kill_at - time.monotonic(), 0.001))
+        try:
+            write_frame(child.sock, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            child.reap()
+            raise _NotDelivered from None
+        finally:
+            if big:
+                _kernel_timeout(child.sock, socket.SO_SNDTIMEO, 0.0)
 
     def _await_reply(self, worker: _Worker, scope: CallScope, kill_at: float,
                      max_bytes: int) -> memoryview:
@@ -254,10 +274,10 @@ class ProcessPool:
             if left <= 0:
                 child.kill()
                 raise TaskTimeout(f"deadline of {scope.timeout:.3f}s passed")
-            _set_timeout(child.sock, min(POLL_S, left))
+            worker.read_slice(POLL_S if left > POLL_S else left)
             try:
                 frame = receiver.step(child.sock)
-            except TimeoutError:
+            except BlockingIOError:  # the slice passed with nothing to read
                 continue
             if frame is not None:
                 return frame
@@ -427,11 +447,17 @@ class _NotDelivered(Exception):
     """The worker was dead before the request reached it."""
 
 
-def _set_timeout(sock: Any, seconds: float) -> None:
-    """``settimeout`` costs a system call each time: skip it when nothing changes
-    (the poll slice, call after call)."""
-    if sock.gettimeout() != seconds:
-        sock.settimeout(seconds)
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket (0: wait forever); a read or
+    write that times out raises ``BlockingIOError``."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6)
+    if seconds > 0 and not whole and not micros:
+        micros = 1  # a zero timeval would mean "forever"
+    sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(whole, micros))
 
 
 def _raise_if_over(scope: CallScope) -> None:

@@ -10,13 +10,12 @@ none), as a codec message (``codec.py``).  Messages::
 
     {"op": "init", "workdir": str, "memory_bytes": int, "max_open_files": int,
      "recursion_limit": int, "program_cache": int, "profile": {DeviceProfile fields}}
-    {"op": "call" | "check", "program": (name, release, program_digest),
-     "load": None | {"entry": str, "code": bytes, "code_digest": str,
+    CallRequest: a plain tuple on the wire (no keys to encode, look up or check)
+      (op: "call" | "check", program: (name, release, program_digest),
+       load: None | {"entry": str, "code": bytes, "code_digest": str,
                      "limits": {ResourceLimits fields}, "models": {name: (digest, blob)}},
-     "inputs": data, "upstream": None | {name: result},
-     "scope": {"timeout": s, "remaining": s, "cpu_budget": s | None,
-               "audit_interval": s, "max_model_runs": int | None,
-               "memory_budget": bytes | None}}
+       inputs: data, upstream: None | {name: result},
+       scope: (timeout, remaining, cpu_budget, audit_interval, max_model_runs, memory_budget))
 
 ``load`` is sent the first time a worker sees a program (the host mirrors each
 worker's LRU cache); ``scope`` rebuilds the call's ``CallScope`` in the worker
@@ -122,20 +121,28 @@ def init_request(*, workdir: str, memory_bytes: int, max_open_files: int, recurs
             "program_cache": program_cache, "profile": dataclasses.asdict(profile)}
 
 
-def scope_request(scope: CallScope) -> dict[str, Any]:
+class CallRequest(NamedTuple):
+    op: str  # "call" | "check"
+    program: ProgramKey
+    load: dict[str, Any] | None
+    inputs: Any
+    upstream: dict[str, Any] | None
+    scope: tuple[Any, ...]  # scope_request()
+
+
+def scope_request(scope: CallScope) -> tuple[Any, ...]:
     """Host side: what the worker needs to rebuild ``scope``."""
-    return {"timeout": scope.timeout, "remaining": scope.remaining(),
-            "cpu_budget": scope.cpu_budget, "audit_interval": scope.audit_interval,
-            "max_model_runs": scope.max_model_runs, "memory_budget": scope.memory_budget}
+    return (scope.timeout, scope.remaining(), scope.cpu_budget, scope.audit_interval,
+            scope.max_model_runs, scope.memory_budget)
 
 
-def scope_from_request(req: dict[str, Any]) -> CallScope:
+def scope_from_request(req: tuple[Any, ...]) -> CallScope:
     """Worker side: the host's scope - same deadline (hence the same timeout
     messages as thread mode), CPU budget and model-run cap."""
-    timeout = req["timeout"]
-    return CallScope(timeout, start=time.monotonic() - (timeout - req["remaining"]),
-                     cpu_budget=req["cpu_budget"], audit_interval=req["audit_interval"],
-                     max_model_runs=req["max_model_runs"], memory_budget=req["memory_budget"])
+    timeout, remaining, cpu_budget, audit_interval, max_model_runs, memory_budget = req
+    return CallScope(timeout, start=time.monotonic() - (timeout - remaining), cpu_budget=cpu_budget,
+                     audit_interval=audit_interval, max_model_runs=max_model_runs,
+                     memory_budget=memory_budget)
 
 
 def error_reply(exc: BaseException) -> dict[str, Any]:
@@ -173,10 +180,11 @@ def _marshals_exactly(value: Any) -> bool:
         _marshals_exactly(v) for v in value if type(v) in _CONTAINERS)
 
 
-def encode_request(msg: dict[str, Any]) -> list[bytes | memoryview]:
+def encode_request(req: CallRequest) -> list[bytes | memoryview]:
     """Host side: a request as frame chunks (marshal; the codec if it holds arrays).
     Only the task data can hold arrays: the envelope is the host's own plain values."""
-    if not (_marshals_exactly(msg["inputs"]) and _marshals_exactly(msg["upstream"])):
+    msg = tuple(req)  # marshal and the codec carry exact tuples only
+    if not (_marshals_exactly(req.inputs) and _marshals_exactly(req.upstream)):
         return codec.encode_chunks(msg, REQUEST_LIMITS)
     raw = marshal.dumps(msg)
     if len(raw) >= REQUEST_LIMITS.max_bytes:
@@ -184,11 +192,10 @@ def encode_request(msg: dict[str, Any]) -> list[bytes | memoryview]:
     return [_MARSHALLED, raw]
 
 
-def decode_request(frame: bytes | memoryview) -> Any:
+def decode_request(frame: bytes | memoryview) -> CallRequest:
     """Worker side: a request the host sent (trusted: see the module docstring)."""
-    if frame[:1] == _MARSHALLED:
-        return marshal.loads(frame[1:])
-    return codec.decode(frame, REQUEST_LIMITS)
+    msg = marshal.loads(frame[1:]) if frame[:1] == _MARSHALLED else codec.decode(frame, REQUEST_LIMITS)
+    return CallRequest(*msg)
 
 
 _JSON_TYPES = frozenset({type(None), bool, int, float, str, list, dict})
@@ -333,10 +340,13 @@ def decode_reply(frame: bytes | memoryview, limits: ResourceLimits = DEFAULT_RES
         result = codec.decode(frame[end:], caps)
     else:
         try:
-            result = _json_decode(str(frame[end:], "ascii"))
+            text = str(frame[end:], "ascii")
+            result = _json_decode(text)
         except (ValueError, RecursionError, StopIteration):  # UnicodeDecodeError is a ValueError
             raise ProtocolError("result is not valid JSON") from None
-        if type(result) in _JSON_CONTAINERS:
+        # Every item takes a character and every level a bracket: a text this short,
+        # with this few brackets, is within the caps without walking it.
+        if len(text) >= caps.max_items or text.count("[") + text.count("{") >= caps.max_depth:
             _check_json_tree(result, caps)
     return Reply(result, printed[:limits.max_print_bytes + 100], model_time, model_runs)  # + truncation note
 

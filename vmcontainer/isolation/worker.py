@@ -60,6 +60,7 @@ from .framing import FrameReceiver, write_frame
 from .protocol import (
     REPLY_LIMITS,
     REQUEST_LIMITS,
+    CallRequest,
     ProgramKey,
     decode_request,
     encode_error,
@@ -196,18 +197,18 @@ def serve(fd: int, parent: int | None = None) -> None:
         write_frame(sock, handle(programs, decode_request(frame), backstop))
 
 
-def handle(programs: Programs, msg: dict[str, Any], backstop: bool = True) -> list[bytes | memoryview]:
+def handle(programs: Programs, req: CallRequest, backstop: bool = True) -> list[bytes | memoryview]:
     """Run one request: its reply's frame chunks (errors included)."""
     if backstop:
-        signal.setitimer(signal.ITIMER_REAL, msg["scope"]["remaining"] + BACKSTOP_S)
+        signal.setitimer(signal.ITIMER_REAL, req.scope[1] + BACKSTOP_S)  # remaining + backstop
     try:
-        scope = scope_from_request(msg["scope"])
-        program, _, caps = programs.get(tuple(msg["program"]), msg["load"])  # type: ignore[arg-type]
-        if msg["op"] == "check":
+        scope = scope_from_request(req.scope)
+        program, _, caps = programs.get(tuple(req.program), req.load)  # type: ignore[arg-type]
+        if req.op == "check":
             program.load_check(scope)
             result, printed = None, ""
         else:
-            result, printed = program.call(msg["inputs"], scope, msg["upstream"])
+            result, printed = program.call(req.inputs, scope, req.upstream)
         try:
             return encode_ok(result, printed, scope, caps)
         except (codec.CodecError, MemoryError) as exc:
