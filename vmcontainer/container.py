@@ -254,7 +254,20 @@ class Container:
         Raises at once - nothing queued - for ``TaskNotFound``, ``InvalidInputs``,
         ``CircuitOpen`` and ``QueueFull``.
         """
+        return self._submit_prepared(*self._prepare(name, inputs, timeout), lane)
+
+    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
+               lane: str | None = None) -> Any:
+        """Run a task and return its result, or raise its error."""
         task, data, scope = self._prepare(name, inputs, timeout)
+        if task.info.requires or task.info.then:  # graph calls settle through futures
+            return self._submit_prepared(task, data, scope, lane).result()
+        slot = CallSlot(scope)  # a plain call: block on one lock, no Future
+        self._start(task, data, scope, lane, slot)
+        return slot.result()
+
+    def _submit_prepared(self, task: InstalledTask, data: Any, scope: CallScope,
+                         lane: str | None) -> CallFuture:
         if task.info.requires:
             fut: CallFuture = self._submit_graph(task, data, scope, lane)
             self._calls[scope.call_id] = fut
@@ -263,16 +276,6 @@ class Container:
         fut = CallFuture(scope)
         self._start(task, data, scope, lane, fut)
         return fut
-
-    def invoke(self, name: str, inputs: Any = None, *, timeout: float | None = None,
-               lane: str | None = None) -> Any:
-        """Run a task and return its result, or raise its error."""
-        task, data, scope = self._prepare(name, inputs, timeout)
-        if task.info.requires or task.info.then:
-            return self.submit(name, inputs, timeout=timeout, lane=lane).result()
-        slot = CallSlot(scope)  # a plain call: block on one lock, no Future
-        self._start(task, data, scope, lane, slot)
-        return slot.result()
 
     def _prepare(self, name: str, inputs: Any, timeout: float | None) -> tuple[InstalledTask, Any, CallScope]:
         """What every call needs before it is queued: its task, its copied inputs, its scope."""
@@ -371,7 +374,8 @@ class Container:
                 and self._procs.has_idle_worker() and not self._lanes.queued(lane)):
             # Process mode, a worker free, nothing queued ahead: the blocking caller's
             # thread would only wait for the worker's reply, so it does that itself -
-            # two thread wake-ups fewer than through a lane thread.
+            # two thread wake-ups fewer than through a lane thread.  (Lane gates and
+            # the lane's running count do not apply: the task runs in another process.)
             try:
                 outcome.set_result(run())
             except BaseException as exc:  # already public (run translated it)

@@ -409,9 +409,7 @@ def test_a_reply_is_never_unmarshalled():
 
 
 def test_requests_round_trip_with_and_without_arrays():
-    from vmcontainer.isolation.protocol import decode_request, encode_request
-
-    from vmcontainer.isolation.protocol import CallRequest
+    from vmcontainer.isolation.protocol import CallRequest, decode_request, encode_request
 
     scope = (5.0, 4.5, None, 0.01, None, None)
     plain = CallRequest("call", ("t", 1, "d"), None, {"k": (1, [2.5, "x"]), 3: b"raw", "big": 1 << 100},
