@@ -303,12 +303,15 @@ REPRS = [
     ("return repr(main)", "script-function"),
     ("class A:\n    pass\nreturn repr(A())", "script-instance"),
     ("return repr(object())", "object"),
-    pytest.param("return '%r' % ((x for x in []),)", marks=pytest.mark.xfail(strict=True, reason=(
-        "RESIDUAL: %-formatting, str(), format() and f-strings call the C repr of functions, "
-        "generators and builtin methods directly; only the repr()/ascii() builtins scrub them")),
-        id="generator-percent"),
+    ("return '%r' % ((x for x in []),)", "generator-percent"),
+    ("return f'{main!r} {main!a} {(x for x in [])!r:>60}'", "fstring-conversions"),
+    ("return '{!r} {!a}'.format(main, [].append)", "str-format-conversions"),
     pytest.param("return f'{main}'", marks=pytest.mark.xfail(strict=True, reason=(
-        "RESIDUAL: see generator-percent")), id="function-fstring"),
+        "RESIDUAL: str() of functions, generators and builtin methods - through str(), format(), "
+        "%s, a dynamic %-format and f'{x}' - is the C repr with the address; repr()/ascii(), !r/!a "
+        "and %r/%a of literal formats are scrubbed")), id="function-fstring"),
+    pytest.param("return str([].append)", marks=pytest.mark.xfail(strict=True, reason=(
+        "RESIDUAL: see function-fstring")), id="builtin-method-str"),
     # Script-class instances have an address-free default repr, so every route is clean.
     ("class A:\n    pass\nreturn str(A())", "script-instance-str"),
     ("class A:\n    pass\nreturn f'{A()} {A()!r} {A()!s}'", "script-instance-fstring"),

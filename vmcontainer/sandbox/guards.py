@@ -35,7 +35,11 @@ def _check_name(name: Any) -> str:
 
 
 class _SafeFormatter(string.Formatter):
-    """``str.format`` whose field lookups go through ``guarded_getattr``."""
+    """``str.format`` whose field lookups go through ``guarded_getattr``, whose
+    ``!r``/``!a`` leave addresses out and whose widths are size-checked."""
+
+    def __init__(self, sizes: SizeGuards | None = None) -> None:
+        self.sizes = sizes
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
         first, rest = formatter_field_name_split(field_name)
@@ -44,19 +48,29 @@ class _SafeFormatter(string.Formatter):
             obj = guarded_getattr(obj, key) if is_attr else obj[key]
         return obj, first
 
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion == "r":
+            return safe_repr(value)
+        if conversion == "a":
+            return safe_ascii(value)
+        return super().convert_field(value, conversion)
 
-_formatter = _SafeFormatter()
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if self.sizes is not None:
+            return self.sizes.format(value, format_spec)
+        return format(value, format_spec)
 
 
-def _safe_format_method(name: str, obj: Any) -> Any:
+def _safe_format_method(name: str, obj: Any, sizes: SizeGuards | None) -> Any:
+    formatter = _SafeFormatter(sizes)
     if isinstance(obj, str):
         if name == "format":
-            return lambda *args, **kwargs: _formatter.vformat(obj, args, kwargs)
-        return lambda mapping: _formatter.vformat(obj, (), mapping)
+            return lambda *args, **kwargs: formatter.vformat(obj, args, kwargs)
+        return lambda mapping: formatter.vformat(obj, (), mapping)
     # unbound: str.format(fmt, *args)
     if name == "format":
-        return lambda fmt, *args, **kwargs: _formatter.vformat(str(fmt), args, kwargs)
-    return lambda fmt, mapping: _formatter.vformat(str(fmt), (), mapping)
+        return lambda fmt, *args, **kwargs: formatter.vformat(str(fmt), args, kwargs)
+    return lambda fmt, mapping: formatter.vformat(str(fmt), (), mapping)
 
 
 def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING, *,
@@ -66,7 +80,7 @@ def guarded_getattr(obj: Any, name: Any, default: Any = _MISSING, *,
     if name in ("format", "format_map") and (
         isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
     ):
-        return _safe_format_method(name, obj)
+        return _safe_format_method(name, obj, sizes)
     if name == "obj" and isinstance(obj, BaseException):
         raise violation('attribute "obj" of exceptions is not available in the sandbox')
     if name in policy.ARRAY_DENIED_ATTRIBUTES and _is_numpy(obj):
@@ -110,11 +124,12 @@ class SizeGuards:
     """Checks made *before* an operation that could allocate without bound: one C
     call (``10 ** 10 ** 8``, ``[0] * 10 ** 10``) that no checkpoint can interrupt."""
 
-    __slots__ = ("max_int_bits", "max_sequence")
+    __slots__ = ("_specs_ok", "max_int_bits", "max_sequence")
 
     def __init__(self, max_int_bits: int, max_sequence: int):
         self.max_int_bits = max_int_bits
         self.max_sequence = max_sequence
+        self._specs_ok: set[str] = set()  # format specs already checked (they are mostly literals)
 
     def _limit(self, what: str) -> Interrupt:
         return fault("limit", f"{what} exceeds the sandbox's size limit")
@@ -168,6 +183,62 @@ class SizeGuards:
             raise self._limit("integer shift")
         return value
 
+    def _check_sizes(self, numbers: Any, what: str) -> None:
+        for digits in numbers:
+            if digits and (len(digits) > 9 or int(digits) > self.max_sequence):
+                raise self._limit(what)
+
+    def _check_spec(self, spec: Any) -> None:
+        """A format spec's width and precision are sizes to allocate.  Specs other
+        than the standard mini-language (a date's strftime pattern) pass unchecked."""
+        if type(spec) is not str:
+            return
+        m = _STANDARD_SPEC.match(spec)
+        if m is not None:
+            self._check_sizes(m.groups(), "format width or precision")
+        if len(self._specs_ok) < 256:
+            self._specs_ok.add(spec)
+
+    def format(self, value: Any, spec: Any = "") -> Any:
+        """The script's ``format()``, and every field of ``str.format``."""
+        if spec and spec not in self._specs_ok:
+            self._check_spec(spec)
+        return format(value, spec)
+
+    def format_field(self, value: Any, conversion: int, spec: Any) -> Any:
+        """An f-string field with a conversion or a spec (the compiler routes those
+        here): ``!r``/``!a`` without addresses, then a size-checked ``format``."""
+        if conversion != -1:
+            value = safe_repr(value) if conversion == _R else safe_ascii(value) if conversion == _A else str(value)
+        if spec and spec not in self._specs_ok:
+            self._check_spec(spec)
+        return format(value, spec)
+
+    def percent(self, fmt: Any, args: Any) -> Any:
+        """``"literal" % args``: each conversion's width and precision (``*`` taken
+        from the arguments) checked before formatting; ``%r``/``%a`` address-free."""
+        if type(fmt) is not str and type(fmt) is not bytes:
+            return fmt % args  # the compiler only routes literals here
+        text = fmt if type(fmt) is str else fmt.decode("latin-1")
+        positional = args if type(args) is tuple else (args,)
+        i = 0
+        for m in _PERCENT_SPEC.finditer(text):
+            if m.group("conv") == "%":
+                continue
+            for part in (m.group("width"), m.group("precision")):
+                if part == "*":
+                    star = positional[i] if i < len(positional) else None
+                    i += 1
+                    if type(star) is int and star > self.max_sequence:
+                        raise self._limit("%-format width or precision")
+                elif part:
+                    self._check_sizes((part,), "%-format width or precision")
+            i += 1
+        out = fmt % args
+        if type(out) is str and "0x" in out and ("r" in text or "a" in text):
+            out = _ADDRESS.sub("0x…", out)
+        return out
+
     def pow(self, base: Any, exp: Any, mod: Any = None) -> Any:
         if mod is None:
             return self.arith("**", base, exp)
@@ -187,6 +258,12 @@ class SizeGuards:
 
         return checked
 
+
+_R, _A = ord("r"), ord("a")
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type]: width and precision
+_STANDARD_SPEC = re.compile(r"(?:(?s:.)?[<>=^])?[+\- ]?z?#?0?(\d*)[_,]?(?:\.(\d+))?[a-zA-Z%]?\Z")
+_PERCENT_SPEC = re.compile(
+    r"%(?:\([^)]*\))?[#0\- +]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d+))?[hlL]?(?P<conv>.)", re.S)
 
 _SEQUENCES = (str, bytes, list, tuple, bytearray)
 _SEQUENCES = frozenset(_SEQUENCES)  # type: ignore[assignment]

@@ -32,6 +32,8 @@ CLASSES = "_vm_classes_"  # the call's set of script-defined classes
 FLOAT = "_vm_float_"  # the real float type, for the inline arithmetic check
 AUG = "_vm_aug_"  # size check of `target op= value` on items and attributes
 ARITH = "_vm_arith_"  # size check before * ** << whose operands are not small constants
+FORMAT = "_vm_format_"  # an f-string field with a spec or a conversion: width checked, !r address-free
+PERCENT = "_vm_percent_"  # `"literal" % args`: widths and precisions checked, %r address-free
 
 DENIED_ATTRIBUTES: frozenset[str] = frozenset(
     {

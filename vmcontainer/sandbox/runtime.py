@@ -57,11 +57,10 @@ MAX_MESSAGE_CHARS = 2000
 _HOST_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+~@ ]+)+[/\\]?")
 
 _BUILTINS_TEMPLATE: dict[str, Any] = {name: getattr(builtins, name) for name in policy.PLAIN_BUILTINS}
-# getattr and pow are bound per program to its size limits (TaskProgram.__init__).
+# getattr, pow and format are bound per program to its size limits (TaskProgram.__init__).
 _BUILTINS_TEMPLATE.update(
     hasattr=guarded_hasattr,
     type=safe_type,
-    format=format,
     repr=safe_repr,
     ascii=safe_ascii,
     hash=safe_hash,
@@ -174,7 +173,8 @@ class TaskProgram:
         self._facades: Mapping[str, Any] = get_facades()
         sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
         getattr_ = _bind_getattr(sizes)
-        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import, getattr=getattr_, pow=sizes.pow)
+        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import, getattr=getattr_, pow=sizes.pow,
+                         format=sizes.format)
         self._base_globals: dict[str, Any] = {
             "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
             "__name__": f"task.{name}",
@@ -182,6 +182,8 @@ class TaskProgram:
             policy.GETATTR: getattr_,
             policy.ARITH: sizes.arith,
             policy.AUG: sizes.aug,
+            policy.FORMAT: sizes.format_field,
+            policy.PERCENT: sizes.percent,
             policy.TYPE: type,
             policy.FLOAT: float,
         }

@@ -211,6 +211,12 @@ class TaskTransformer(RestrictingNodeTransformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         node = self.node_contents_visit(node)
+        if (isinstance(node.op, ast.Mod) and isinstance(node.left, ast.Constant)
+                and type(node.left.value) in (str, bytes)):
+            # "literal %10d" % args: widths are sizes to allocate (numeric % stays plain)
+            guarded_fmt = _call(policy.PERCENT, node.left, node.right)
+            _locate(guarded_fmt, node)
+            return guarded_fmt
         if _growth_op(node.op) and not _small_constant(node.right) and not (
             isinstance(node.op, ast.Mult) and _small_constant(node.left)
         ):
@@ -232,6 +238,20 @@ class TaskTransformer(RestrictingNodeTransformer):
             _locate(guarded, node)
             return guarded
         return node
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        """``f"{x:>{n}}"``, ``f"{x!r}"``: a spec's width is a size to allocate and ``!r``
+        would show addresses, so such a field is formatted by ``_vm_format_``.  A bare
+        ``f"{x}"`` (the common case) stays a plain ``str(x)``."""
+        node = self.node_contents_visit(node)
+        if node.conversion == -1 and node.format_spec is None:
+            return node
+        spec = node.format_spec if node.format_spec is not None else ast.Constant("")
+        field = ast.FormattedValue(
+            value=_call(policy.FORMAT, node.value, ast.Constant(node.conversion), spec),
+            conversion=-1, format_spec=None)
+        _locate(field, node)
+        return field
 
     # -- assignment ----------------------------------------------------------
 
