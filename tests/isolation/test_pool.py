@@ -365,6 +365,7 @@ _OK_HEAD = struct.Struct("<cdII")
     _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[" * 100 + b"]" * 100,     # JSON deeper than the caps
     _OK_HEAD.pack(b"J", 0.0, 0, 0) + b'["\xc3\xa9"]',              # JSON that is not ASCII
     _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[" * 100_000,              # JSON deeper than the C stack
+    _OK_HEAD.pack(b"J", 0.0, 0, 0) + b"[" + b"0," * (1 << 20) + b"0]",  # JSON over its size cap
 ])
 def test_malformed_replies_are_worker_crashed(pool, monkeypatch, reply):
     fake = _FakeChild()

@@ -198,6 +198,9 @@ def decode_request(frame: bytes | memoryview) -> CallRequest:
     return CallRequest(*msg)
 
 
+# The host decodes JSON whole before it can count items (the codec counts as it goes),
+# so JSON carries small results only: 1 MiB of text builds at most ~0.5 M objects.
+MAX_JSON_RESULT = 1 << 20
 _JSON_TYPES = frozenset({type(None), bool, int, float, str, list, dict})
 _JSON_CONTAINERS = frozenset({list, dict})
 _I64 = 1 << 63
@@ -277,7 +280,7 @@ def encode_ok(result: Any, printed: str, scope: CallScope,
     body: list[bytes | memoryview] | None = None
     if _json_exact(result, 0, caps.max_depth):
         raw = _json_encode(result).encode("ascii")
-        if len(raw) <= caps.max_bytes:
+        if len(raw) <= min(caps.max_bytes, MAX_JSON_RESULT):
             kind, body = b"J", [raw]
     if body is None:
         kind, body = b"K", codec.encode_chunks(result, caps)
@@ -339,6 +342,8 @@ def decode_reply(frame: bytes | memoryview, limits: ResourceLimits = DEFAULT_RES
     if kind == b"K":
         result = codec.decode(frame[end:], caps)
     else:
+        if len(frame) - end > MAX_JSON_RESULT:
+            raise ProtocolError("JSON result over its size cap")
         try:
             text = str(frame[end:], "ascii")
             result = _json_decode(text)

@@ -190,18 +190,19 @@ class SizeGuards:
 
     def _check_spec(self, spec: Any) -> None:
         """A format spec's width and precision are sizes to allocate.  Specs other
-        than the standard mini-language (a date's strftime pattern) pass unchecked."""
-        if type(spec) is not str:
-            return
-        m = _STANDARD_SPEC.match(spec)
+        than the standard mini-language (a date's strftime pattern) pass unchecked.
+        A ``str`` subclass is checked by its text (``format`` reads the text)."""
+        if not isinstance(spec, str):
+            return  # format() refuses a non-str spec itself
+        m = _STANDARD_SPEC.match(str(spec))
         if m is not None:
             self._check_sizes(m.groups(), "format width or precision")
-        if len(self._specs_ok) < 256:
+        if type(spec) is str and len(self._specs_ok) < 256:
             self._specs_ok.add(spec)
 
     def format(self, value: Any, spec: Any = "") -> Any:
         """The script's ``format()``, and every field of ``str.format``."""
-        if spec and spec not in self._specs_ok:
+        if type(spec) is not str or (spec and spec not in self._specs_ok):
             self._check_spec(spec)
         return format(value, spec)
 
@@ -210,7 +211,7 @@ class SizeGuards:
         here): ``!r``/``!a`` without addresses, then a size-checked ``format``."""
         if conversion != -1:
             value = safe_repr(value) if conversion == _R else safe_ascii(value) if conversion == _A else str(value)
-        if spec and spec not in self._specs_ok:
+        if spec and spec not in self._specs_ok:  # an f-string spec is always an exact str
             self._check_spec(spec)
         return format(value, spec)
 
@@ -220,7 +221,7 @@ class SizeGuards:
         if type(fmt) is not str and type(fmt) is not bytes:
             return fmt % args  # the compiler only routes literals here
         text = fmt if type(fmt) is str else fmt.decode("latin-1")
-        positional = args if type(args) is tuple else (args,)
+        positional = tuple(args) if isinstance(args, tuple) else (args,)  # `%` takes tuple subclasses too
         i = 0
         for m in _PERCENT_SPEC.finditer(text):
             if m.group("conv") == "%":
