@@ -304,6 +304,7 @@ REPRS = [
     ("class A:\n    pass\nreturn repr(A())", "script-instance"),
     ("return repr(object())", "object"),
     ("return '%r' % ((x for x in []),)", "generator-percent"),
+    ("return (b'%r %a' % ((x for x in []), main)).decode()", "generator-bytes-percent"),
     ("return f'{main!r} {main!a} {(x for x in [])!r:>60}'", "fstring-conversions"),
     ("return '{!r} {!a}'.format(main, [].append)", "str-format-conversions"),
     pytest.param("return f'{main}'", marks=pytest.mark.xfail(strict=True, reason=(

@@ -236,8 +236,8 @@ class SizeGuards:
                     self._check_sizes((part,), "%-format width or precision")
             i += 1
         out = fmt % args
-        if type(out) is str and "0x" in out and ("r" in text or "a" in text):
-            out = _ADDRESS.sub("0x…", out)
+        if ("r" in text or "a" in text) and (b"0x" if type(out) is bytes else "0x") in out:
+            out = _ADDRESS_BYTES.sub(b"0x...", out) if type(out) is bytes else _ADDRESS.sub("0x…", out)
         return out
 
     def pow(self, base: Any, exp: Any, mod: Any = None) -> Any:
@@ -282,6 +282,7 @@ def guarded_hasattr(obj: Any, name: Any) -> bool:
 
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+_ADDRESS_BYTES = re.compile(rb"0x[0-9a-fA-F]{6,}")
 _HASH_SALT = secrets.randbits(61)
 
 
