@@ -72,6 +72,20 @@ class TaskStats:
         self.model_s = 0.0
         self.script_s = 0.0
 
+    def add(self, other: TaskStats) -> None:
+        """Fold ``other`` into these totals (snapshots sum (task, lane) pairs)."""
+        self.ok += other.ok
+        self.errors.update(other.errors)
+        self.timeouts += other.timeouts
+        self.cancelled += other.cancelled
+        self.rejected.update(other.rejected)
+        mine, theirs = self.latency, other.latency
+        mine.counts = [a + b for a, b in zip(mine.counts, theirs.counts)]
+        mine.n += theirs.n
+        mine.total += theirs.total
+        self.model_s += other.model_s
+        self.script_s += other.script_s
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "calls": self.latency.n,
@@ -87,55 +101,56 @@ class TaskStats:
 
 
 class Metrics:
-    """Thread-safe recorder; ``snapshot()`` is the plain dict ``Container.metrics()`` returns."""
+    """Thread-safe recorder; ``snapshot()`` is the plain dict ``Container.metrics()`` returns.
+
+    Each call updates one ``TaskStats``, its (task, lane) pair's - a task can run on
+    more than one lane - and snapshots sum the pairs per task and per lane."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tasks: dict[str, TaskStats] = {}
-        self._lanes: dict[str, TaskStats] = {}
-        self._pairs: dict[tuple[str, str], tuple[TaskStats, TaskStats]] = {}
+        self._pairs: dict[tuple[str, str], TaskStats] = {}
 
-    def _stats(self, table: dict[str, TaskStats], key: str) -> TaskStats:
-        s = table.get(key)
+    def _pair(self, task: str, lane: str) -> TaskStats:
+        s = self._pairs.get((task, lane))
         if s is None:
-            s = table[key] = TaskStats()
+            s = self._pairs[task, lane] = TaskStats()
         return s
 
     def record(self, task: str, lane: str, elapsed: float, model_s: float, error: BaseException | None) -> None:
         """One finished call.  On every call's path: the bucket is a C bisection
-        (a third of a log()), computed once outside the lock; the histogram update
-        is inlined."""
+        (a third of a log()), computed once outside the lock; one pair is updated."""
         bucket = bisect_left(_BOUNDS, elapsed)
         script_s = elapsed - model_s if elapsed > model_s else 0.0
-        kind = None if error is None else type(error).__name__
         with self._lock:
-            pair = self._pairs.get((task, lane))
-            if pair is None:
-                pair = self._pairs[task, lane] = (self._stats(self._tasks, task), self._stats(self._lanes, lane))
-            for s in pair:
-                latency = s.latency
-                latency.counts[bucket] += 1
-                latency.n += 1
-                latency.total += elapsed
-                s.model_s += model_s
-                s.script_s += script_s
-                if kind is None:
-                    s.ok += 1
-                else:
-                    s.errors[kind] += 1
-                    if kind == "TaskTimeout":
-                        s.timeouts += 1
-                    elif kind == "TaskCancelled":
-                        s.cancelled += 1
+            s = self._pairs.get((task, lane)) or self._pair(task, lane)
+            latency = s.latency
+            latency.counts[bucket] += 1
+            latency.n += 1
+            latency.total += elapsed
+            s.model_s += model_s
+            s.script_s += script_s
+            if error is None:
+                s.ok += 1
+                return
+            kind = type(error).__name__
+            s.errors[kind] += 1
+            if kind == "TaskTimeout":
+                s.timeouts += 1
+            elif kind == "TaskCancelled":
+                s.cancelled += 1
 
     def reject(self, task: str, lane: str, reason: str) -> None:
         with self._lock:
-            self._stats(self._tasks, task).rejected[reason] += 1
-            self._stats(self._lanes, lane).rejected[reason] += 1
+            self._pair(task, lane).rejected[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
+        tasks: dict[str, TaskStats] = {}
+        lanes: dict[str, TaskStats] = {}
         with self._lock:
-            return {
-                "tasks": {k: v.snapshot() for k, v in sorted(self._tasks.items())},
-                "lanes": {k: v.snapshot() for k, v in sorted(self._lanes.items())},
-            }
+            for (task, lane), s in self._pairs.items():
+                tasks.setdefault(task, TaskStats()).add(s)
+                lanes.setdefault(lane, TaskStats()).add(s)
+        return {
+            "tasks": {k: v.snapshot() for k, v in sorted(tasks.items())},
+            "lanes": {k: v.snapshot() for k, v in sorted(lanes.items())},
+        }

@@ -149,7 +149,7 @@ class Lane:
                 skipped: BaseException | None = None
                 if not fut.set_running_or_notify_cancel() or scope.cancelled:
                     skipped = TaskCancelled("call cancelled before it started")
-                elif scope.done_by_deadline:
+                elif time.monotonic() > scope.deadline:
                     skipped = TaskTimeout("deadline passed while the call was queued")
                 if skipped is not None:
                     if on_skip is not None:

@@ -87,11 +87,22 @@ class Interrupt(BaseException):
 
 class Gate(threading.Event):
     """A lane's run permission: open (set) = its calls may run; ``resume_at`` = a
-    grace time after reopening during which parked calls stay parked."""
+    grace time after reopening during which parked calls stay parked.  ``open``
+    mirrors the flag as a plain attribute: every call reads it, and ``is_set()``
+    is a Python-level method call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.resume_at = 0.0
+        self.open = False
+
+    def set(self) -> None:
+        self.open = True
+        super().set()
+
+    def clear(self) -> None:
+        self.open = False
+        super().clear()
 
 
 class CallScope:
@@ -145,8 +156,13 @@ class CallScope:
         self._globals = task_globals
         self._cpu_start = -1.0  # read lazily at the first audit: no syscall for short calls
         gate = self.gate
-        paused = gate is not None and (not gate.is_set() or time.monotonic() < gate.resume_at)
-        task_globals[policy.DEADLINE] = _NEG_INF if (self.cancelled or paused) else self._next_stop()
+        now = time.monotonic()
+        if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
+            task_globals[policy.DEADLINE] = _NEG_INF  # the first checkpoint parks or raises
+        elif self.cpu_budget is None and self.memory_budget is None:
+            task_globals[policy.DEADLINE] = self.deadline
+        else:  # _next_stop() with the clock already read
+            task_globals[policy.DEADLINE] = min(self.deadline, now + self.audit_interval)
 
     def _next_stop(self) -> float:
         """When the checkpoints should next take the slow path: the deadline, or
@@ -164,12 +180,12 @@ class CallScope:
         if time.monotonic() > self.deadline:
             raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
         gate = self.gate
-        while gate is not None and (not gate.is_set() or time.monotonic() < gate.resume_at):
+        while gate is not None and (not gate.open or time.monotonic() < gate.resume_at):
             # Parked: the GIL is free for higher lanes.  After the gate reopens, stay
             # parked a little longer (``resume_at``) so back-to-back high-priority
             # calls do not each pay a GIL hand-back.  Poll so cancel and the deadline
             # are noticed within a few milliseconds.
-            if gate.is_set():
+            if gate.open:
                 time.sleep(min(_PARK_POLL, max(0.0, gate.resume_at - time.monotonic())))
             else:
                 gate.wait(min(_PARK_POLL, max(0.0, self.deadline - time.monotonic())))
@@ -197,10 +213,6 @@ class CallScope:
 
     def remaining(self) -> float:
         return 0.0 if self.cancelled else max(0.0, self.deadline - time.monotonic())
-
-    @property
-    def done_by_deadline(self) -> bool:
-        return self.cancelled or time.monotonic() > self.deadline
 
     # -- cancellation and yielding ---------------------------------------------
 
