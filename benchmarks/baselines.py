@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from types import CodeType
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sample_tasks.ranker import model as ranker_model
 from vmcontainer.bundle import format as fmt
+from vmcontainer.bundle.keys import generate_device_key
 from vmcontainer.inference.profile import DeviceProfile
 
 
@@ -148,9 +149,12 @@ class CryptoFloor:
         plaintext = os.urandom(len(raw.ciphertext) - 16)
         self.ciphertext = AESGCM(self.key).encrypt(self.nonce, plaintext, self.aad)
         self.code_bytes = marshal.dumps(code)
-        self.device = ec.generate_private_key(ec.SECP256R1())
+        # The same wrap as the bundle's (the device key type the container uses).
+        kind = next(k for k, name in fmt.WRAP_NAMES.items() if name == raw.header["wrap"])
+        self.device = generate_device_key(kind)
+        self.suite = fmt.WRAPS[raw.header["wrap"]]
         self.info = fmt.wrap_info(raw.header_bytes, b"\0" * 16)
-        self.wrap = fmt.HPKE_SUITE.encrypt(self.key, self.device.public_key(), info=self.info)
+        self.wrap = self.suite.encrypt(self.key, self.device.public_key(), info=self.info)
 
     def minimal(self) -> CodeType:
         self.public.verify(self.signature, self.message)
@@ -160,7 +164,7 @@ class CryptoFloor:
     def full(self) -> CodeType:
         self.public.verify(self.signature, self.message)
         hashlib.sha256(self.ciphertext).digest()
-        key = fmt.HPKE_SUITE.decrypt(self.wrap, self.device, info=self.info)
+        key = self.suite.decrypt(self.wrap, self.device, info=self.info)
         plaintext = AESGCM(key).decrypt(self.nonce, self.ciphertext, self.aad)
         hashlib.sha256(plaintext).digest()
         return marshal.loads(self.code_bytes)

@@ -13,7 +13,7 @@ from vmcontainer.errors import CompileError, ModelError, VmError
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     try:
-        ids = _keygen(args.out, args.force)
+        ids = _keygen(args.out, args.force, args.device_key)
     except FileExistsError as exc:
         print(f"vmtool keygen: {exc}", file=sys.stderr)
         return 2
@@ -25,10 +25,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keygen(out: str, force: bool) -> dict[str, str]:
+def _keygen(out: str, force: bool, device_key: str) -> dict[str, str]:
     from .keygen import generate_keys
 
-    return generate_keys(out, overwrite=force)
+    return generate_keys(out, overwrite=force, device_key=device_key)
 
 
 def _print_diagnostics(exc: CompileError, path: Path) -> None:
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="create publisher and device key pairs")
     kg.add_argument("--out", required=True)
     kg.add_argument("--force", action="store_true", help="overwrite existing key files")
+    kg.add_argument("--device-key", choices=("x25519", "p256"), default="x25519",
+                    help="device key type: x25519 (default, faster unwrap) or p256 (the type "
+                         "hardware keystores make)")
     kg.set_defaults(func=_cmd_keygen)
 
     ck = sub.add_parser("check", help="lint a script against the sandbox policy")

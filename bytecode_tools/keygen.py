@@ -5,9 +5,12 @@ file                 what                        where it lives
 ===================  ==========================  ================================
 ``publisher.key``    Ed25519 signing key          the cloud build (HSM/KMS), 0600
 ``publisher.pub``    Ed25519 public key           every device: its trust root
-``device.key``       P-256 private key            one device only (keystore), 0600
-``device.pub``       P-256 public key             the cloud: bundles are encrypted to it
+``device.key``       X25519 (or P-256) key        one device only (keystore), 0600
+``device.pub``       its public key               the cloud: bundles are encrypted to it
 ===================  ==========================  ================================
+
+``--device-key p256`` makes a P-256 device key, the type hardware keystores
+(Secure Enclave, StrongBox) generate; X25519, the default, unwraps faster.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 from pathlib import Path
 
 from vmcontainer.bundle.keys import (
+    DEVICE_KEY_TYPES,
     generate_device_key,
     generate_publisher_key,
     key_id,
@@ -37,8 +41,12 @@ def _write(path: Path, data: bytes, private: bool) -> None:
         os.close(fd)
 
 
-def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, str]:
-    """Write publisher and device key pairs to ``out_dir``; return their key ids (hex)."""
+def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  device_key: str = "x25519") -> dict[str, str]:
+    """Write publisher and device key pairs to ``out_dir``; return their key ids (hex).
+    ``device_key`` is ``"x25519"`` or ``"p256"``."""
+    if device_key not in DEVICE_KEY_TYPES:
+        raise ValueError(f"device key type must be one of {', '.join(DEVICE_KEY_TYPES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("publisher.key", "publisher.pub", "device.key", "device.pub")
@@ -50,7 +58,7 @@ def generate_keys(out_dir: str | os.PathLike, *, overwrite: bool = False) -> dic
             raise FileExistsError(f"{n} is a symlink; refusing to write a key through it")
         (out / n).unlink()
     publisher = generate_publisher_key()
-    device = generate_device_key()
+    device = generate_device_key(device_key)
     _write(out / "publisher.key", private_pem(publisher), private=True)
     _write(out / "publisher.pub", public_pem(publisher.public_key()), private=False)
     _write(out / "device.key", private_pem(device), private=True)

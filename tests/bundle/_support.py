@@ -86,8 +86,8 @@ class KeySet:
         return key_id(self.recipient)
 
 
-def make_keys(directory: Path) -> KeySet:
-    generate_keys(directory)
+def make_keys(directory: Path, device_key: str = "x25519") -> KeySet:
+    generate_keys(directory, device_key=device_key)
     return KeySet(directory)
 
 
@@ -260,7 +260,7 @@ def forge(
         "expires": expires,
         "signers": sorted(key_id(k.public_key()).hex() for k in signers),
         "aead": fmt.AEAD_NAME,
-        "wrap": fmt.WRAP_NAME,
+        "wrap": fmt.wrap_for(recipients[0])[0],
         "nonce": nonce.hex(),
         "ct_sha256": "",
         "ct_len": len(plaintext) + 16,
@@ -277,7 +277,7 @@ def forge(
     wraps = []
     for device in recipients:
         kid = key_id(device)
-        wraps.append((kid, fmt.HPKE_SUITE.encrypt(
+        wraps.append((kid, fmt.wrap_for(device)[1].encrypt(
             content_key if wrapped_key is None else wrapped_key, device,
             info=fmt.wrap_info(header_bytes, kid))))
     raw = fmt.RawBundle(header_bytes, header, signatures, wraps, ciphertext)

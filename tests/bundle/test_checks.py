@@ -304,6 +304,47 @@ def test_not_for_this_device(keys, other, device):
     assert "no content key" in str(exc)
 
 
+@pytest.fixture(scope="module")
+def p256(tmp_path_factory):
+    """A publisher and a device whose key is P-256 (the hardware-keystore type)."""
+    return make_keys(tmp_path_factory.mktemp("checks") / "p256", device_key="p256")
+
+
+def test_both_device_key_types_install_and_run(keys, p256):
+    assert fmt.parse_bundle(build(keys)).header["wrap"] == fmt.WRAP_NAMES["x25519"]
+    assert fmt.parse_bundle(build(p256)).header["wrap"] == fmt.WRAP_NAMES["p256"]
+    for ks in (keys, p256):
+        with container_for(ks) as c:
+            c.install(build(ks, name="sum"))
+            assert c.invoke("sum", {"xs": [1, 2, 3]}) == {"sum": 6}
+
+
+class _SpySuite:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decrypt(self, *args: object, **kwargs: object) -> bytes:
+        self.calls += 1
+        raise AssertionError("unwrap attempted")
+
+
+def test_a_bundle_wrapped_for_the_other_key_type_is_refused_before_any_unwrap(keys, p256):
+    """The wrap named in the (signed) header must be this device's: a P-256 key is
+    never handed to the X25519 suite, nor the reverse."""
+    for device_keys, bundle_keys in ((p256, keys), (keys, p256)):
+        # signed by the device's own publisher, encrypted to a key of the other type
+        bundle = build(device_keys, to=[bundle_keys])
+        with container_for(device_keys) as c:
+            spy = c._verifier._suite = _SpySuite()
+            exc = refuse(c, bundle, BundleNotForThisDevice)
+        assert "needs HPKE-" in str(exc) and spy.calls == 0
+
+
+def test_one_bundle_cannot_mix_device_key_types(keys, p256):
+    with pytest.raises(ValueError, match="all have X25519 keys or all P-256"):
+        seal(payload_for(), signers=[keys.signer], recipients=[keys.recipient, p256.recipient])
+
+
 def test_recipients_stripped_after_signing(keys, device):
     """The recipients table is not signed: removing it keeps the signature valid."""
     data = forge(payload_for(), signers=[keys.signer], recipients=[keys.recipient],
@@ -332,7 +373,7 @@ def test_wrap_of_a_foreign_key_before_the_real_one_is_skipped(keys, device):
     unsigned and the device public key is public); the verifier tries the next one."""
     def prepend_foreign(raw):
         kid, _ = raw.recipients[0]
-        foreign = fmt.HPKE_SUITE.encrypt(os.urandom(fmt.KEY_LEN), keys.recipient,
+        foreign = fmt.wrap_for(keys.recipient)[1].encrypt(os.urandom(fmt.KEY_LEN), keys.recipient,
                                          info=fmt.wrap_info(raw.header_bytes, kid))
         raw.recipients.insert(0, (kid, foreign))
 

@@ -98,6 +98,17 @@ def test_keygen_writes_four_files_private_ones_0600(keydir):
     load_device_public(keydir / "device.pub")
 
 
+def test_keygen_device_key_types(tmp_path):
+    """X25519 by default; ``--device-key p256`` for hardware keystores."""
+    from vmcontainer.bundle.keys import device_key_type, load_device_private
+
+    assert vmtool("keygen", "--out", tmp_path / "a").returncode == 0
+    assert device_key_type(load_device_private(tmp_path / "a" / "device.key")) == "x25519"
+    assert vmtool("keygen", "--out", tmp_path / "b", "--device-key", "p256").returncode == 0
+    assert device_key_type(load_device_private(tmp_path / "b" / "device.key")) == "p256"
+    assert device_key_type(load_device_public(tmp_path / "b" / "device.pub")) == "p256"
+
+
 def test_keygen_refuses_to_overwrite(keydir):
     before = {n: (keydir / n).read_bytes() for n in KEY_FILES}
     proc = vmtool("keygen", "--out", keydir)

@@ -158,7 +158,8 @@ def test_layout_parser_agrees_with_product_parser(world):
                                                     world.keys_b.publisher_kid}
     assert raw.recipients == [(at("rcpt_kid[0]"), at("wrap[0]"))]
     assert at("rcpt_kid[0]") == world.keys.device_kid
-    assert struct.unpack(">H", at("wrap_len[0]"))[0] == 65 + 32 + 16  # P-256 enc | key | tag
+    enc = {fmt.WRAP_NAMES["x25519"]: 32, fmt.WRAP_NAMES["p256"]: 65}[raw.header["wrap"]]
+    assert struct.unpack(">H", at("wrap_len[0]"))[0] == enc + 32 + 16  # HPKE enc | key | tag
     assert at("ct_body") + at("gcm_tag") == raw.ciphertext
     assert struct.unpack(">Q", at("ct_len"))[0] == raw.header["ct_len"] == len(raw.ciphertext)
 

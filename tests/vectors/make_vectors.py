@@ -40,7 +40,7 @@ INPUTS = {"xs": [1, 2, 3, 4.5]}
 def make(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        ids = generate_keys(tmp)
+        ids = generate_keys(tmp, device_key="p256")  # v1 vectors: a P-256 device key
         keys = Path(tmp)
         bundle = build_bundle(
             SOURCE,

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hpke
 
 from ..errors import BundleIncompatible, BundleMalformed, BundleTooLarge
-from .keys import KID_LEN
+from .keys import KID_LEN, device_key_type
 
 MAGIC = b"\x89VMB"
 PAYLOAD_MAGIC = b"VMP1"
@@ -37,8 +37,21 @@ FORMAT_VERSION = 1
 SIG_CONTEXT = b"vmcontainer/bundle/v1/signature\x00"
 WRAP_CONTEXT = b"vmcontainer/bundle/v1/content-key\x00"
 AEAD_NAME = "AES-256-GCM"
-WRAP_NAME = "HPKE-P256-HKDF-SHA256-AES-256-GCM"
-HPKE_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+# The header's "wrap": how every recipient's content key is wrapped, by device key type.
+WRAP_NAMES = {
+    "x25519": "HPKE-X25519-HKDF-SHA256-AES-256-GCM",
+    "p256": "HPKE-P256-HKDF-SHA256-AES-256-GCM",
+}
+WRAPS = {
+    WRAP_NAMES["x25519"]: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
+    WRAP_NAMES["p256"]: hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM),
+}
+
+
+def wrap_for(device_key: Any) -> tuple[str, hpke.Suite]:
+    """The header's wrap name and the HPKE suite for a device key (public or private)."""
+    name = WRAP_NAMES[device_key_type(device_key)]
+    return name, WRAPS[name]
 SIG_LEN = 64
 NONCE_LEN = 12
 KEY_LEN = 32

@@ -2,11 +2,12 @@
 
 * Publisher keys are Ed25519: they sign bundles.  ``publisher.key`` stays in
   the cloud; ``publisher.pub`` is the device's trust root.
-* Device keys are P-256: bundles' content keys are HPKE-wrapped to them.
-  P-256 because the keys that matter live in hardware - Secure Enclave and
-  Android StrongBox only make non-exportable P-256 keys - and CryptoKit's
-  HPKE has the P256/SHA256/AES-256-GCM suite.  ``device.key`` never leaves
-  the device; ``device.pub`` goes to the cloud.
+* Device keys are X25519 or P-256: bundles' content keys are HPKE-wrapped to
+  them (``format.WRAPS``).  X25519 is the default: its unwrap costs about half
+  of P-256's here (~75 µs less per install).  P-256 is there for keys that live
+  in hardware - Secure Enclave and Android StrongBox only make non-exportable
+  P-256 keys, and CryptoKit's HPKE has the P256/SHA256/AES-256-GCM suite.
+  ``device.key`` never leaves the device; ``device.pub`` goes to the cloud.
 
 A key id is the first 16 bytes of SHA-256 over the public key's
 SubjectPublicKeyInfo DER: stable, derived, never chosen by the attacker.
@@ -19,13 +20,26 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
 KeySource = str | os.PathLike | bytes
 KID_LEN = 16
+DevicePublicKey = x25519.X25519PublicKey | ec.EllipticCurvePublicKey
+DevicePrivateKey = x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey
+DEVICE_KEY_TYPES = ("x25519", "p256")
 
 
-def key_id(public_key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> bytes:
+def device_key_type(key: DevicePublicKey | DevicePrivateKey) -> str:
+    """``"x25519"`` or ``"p256"``; ``ValueError`` for any other key."""
+    if isinstance(key, (x25519.X25519PublicKey, x25519.X25519PrivateKey)):
+        return "x25519"
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)) and isinstance(
+            key.curve, ec.SECP256R1):
+        return "p256"
+    raise ValueError("device keys are X25519 or P-256")
+
+
+def key_id(public_key: ed25519.Ed25519PublicKey | DevicePublicKey) -> bytes:
     der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -56,21 +70,29 @@ def load_publisher_private(source: KeySource) -> ed25519.Ed25519PrivateKey:
     return key
 
 
-def load_device_public(source: KeySource) -> ec.EllipticCurvePublicKey:
+def load_device_public(source: KeySource) -> DevicePublicKey:
     key = serialization.load_pem_public_key(_read(source))
-    if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
-        raise ValueError(f"{_describe(source)} is not a P-256 device public key")
+    if not isinstance(key, (x25519.X25519PublicKey, ec.EllipticCurvePublicKey)) or not _device_curve(key):
+        raise ValueError(f"{_describe(source)} is not an X25519 or P-256 device public key")
     return key
 
 
-def load_device_private(source: KeySource) -> ec.EllipticCurvePrivateKey:
+def load_device_private(source: KeySource) -> DevicePrivateKey:
     key = serialization.load_pem_private_key(_read(source), password=None)
-    if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)):
-        raise ValueError(f"{_describe(source)} is not a P-256 device private key")
+    if not isinstance(key, (x25519.X25519PrivateKey, ec.EllipticCurvePrivateKey)) or not _device_curve(key):
+        raise ValueError(f"{_describe(source)} is not an X25519 or P-256 device private key")
     return key
 
 
-def private_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def _device_curve(key: DevicePublicKey | DevicePrivateKey) -> bool:
+    try:
+        device_key_type(key)
+    except ValueError:
+        return False
+    return True
+
+
+def private_pem(key: ed25519.Ed25519PrivateKey | DevicePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -78,7 +100,7 @@ def private_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> 
     )
 
 
-def public_pem(key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> bytes:
+def public_pem(key: ed25519.Ed25519PublicKey | DevicePublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -88,5 +110,10 @@ def generate_publisher_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-def generate_device_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def generate_device_key(kind: str = "x25519") -> DevicePrivateKey:
+    """A device key: ``"x25519"`` (default) or ``"p256"`` (for hardware keystores)."""
+    if kind == "x25519":
+        return x25519.X25519PrivateKey.generate()
+    if kind == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"device key type must be one of {', '.join(DEVICE_KEY_TYPES)}")

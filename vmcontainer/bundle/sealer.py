@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from types import CodeType
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import __version__ as container_version
 from . import format as fmt
-from .keys import key_id
+from .keys import DevicePublicKey, device_key_type, key_id
 from .verifier import RUNNING_PYTHON
 
 
@@ -131,7 +131,7 @@ def seal(
     payload: fmt.Payload,
     *,
     signers: Sequence[ed25519.Ed25519PrivateKey],
-    recipients: Sequence[ec.EllipticCurvePublicKey],
+    recipients: Sequence[DevicePublicKey],
     expires_in: float | None = None,
     now: float | None = None,
 ) -> bytes:
@@ -140,6 +140,10 @@ def seal(
         raise ValueError("at least one signing key is required")
     if not recipients:
         raise ValueError("at least one recipient device key is required")
+    if len({device_key_type(r) for r in recipients}) != 1:
+        raise ValueError("the recipients of one bundle must all have X25519 keys or all P-256 keys: "
+                         "build one bundle per key type")
+    wrap, suite = fmt.wrap_for(recipients[0])
     plaintext = payload.encode()
     content_key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(fmt.NONCE_LEN)
@@ -153,7 +157,7 @@ def seal(
         "expires": None if expires_in is None else int(created + expires_in),
         "signers": sorted(key_id(k.public_key()).hex() for k in signers),
         "aead": fmt.AEAD_NAME,
-        "wrap": fmt.WRAP_NAME,
+        "wrap": wrap,
         "nonce": nonce.hex(),
         "ct_sha256": "",
         "ct_len": len(plaintext) + 16,  # GCM tag
@@ -168,6 +172,6 @@ def seal(
     wraps = []
     for device in recipients:
         kid = key_id(device)
-        wraps.append((kid, fmt.HPKE_SUITE.encrypt(content_key, device,
+        wraps.append((kid, suite.encrypt(content_key, device,
                                                   info=fmt.wrap_info(header_bytes, kid))))
     return fmt.RawBundle(header_bytes, header, signatures, wraps, ciphertext).encode()

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from types import CodeType
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import __version__ as container_version
@@ -53,7 +53,7 @@ from ..errors import (
     BundleSignatureInvalid,
 )
 from . import format as fmt
-from .keys import key_id
+from .keys import DevicePrivateKey, key_id
 
 MAX_WRAPS_TRIED = 4
 
@@ -99,7 +99,7 @@ class BundleVerifier:
     def __init__(
         self,
         trusted: Iterable[ed25519.Ed25519PublicKey],
-        device_key: ec.EllipticCurvePrivateKey,
+        device_key: DevicePrivateKey,
         *,
         threshold: int = 1,
         caps: fmt.SizeCaps = fmt.DEFAULT_CAPS,
@@ -114,6 +114,7 @@ class BundleVerifier:
         self.threshold = threshold
         self._device_key = device_key
         self._device_kid = key_id(device_key.public_key())
+        self._wrap, self._suite = fmt.wrap_for(device_key)
         self.caps = caps
         self._clock = clock
         self._skew = clock_skew
@@ -174,7 +175,7 @@ class BundleVerifier:
                     f"this device runs {RUNNING_PYTHON['impl']} {RUNNING_PYTHON['cache_tag']} "
                     f"(magic {RUNNING_PYTHON['magic']})"
                 )
-        if header["aead"] != fmt.AEAD_NAME or header["wrap"] != fmt.WRAP_NAME:
+        if header["aead"] != fmt.AEAD_NAME or header["wrap"] not in fmt.WRAPS:
             raise BundleIncompatible("unsupported encryption algorithms")
 
     def _check_expiry(self, header: dict) -> None:
@@ -193,6 +194,10 @@ class BundleVerifier:
             )
 
     def _unwrap(self, raw: fmt.RawBundle) -> list[bytes]:
+        if raw.header["wrap"] != self._wrap:
+            raise BundleNotForThisDevice(
+                f"bundle wraps its content key with {raw.header['wrap']}; this device's key "
+                f"needs {self._wrap}")
         wraps = [w for kid, w in raw.recipients if kid == self._device_kid][:MAX_WRAPS_TRIED]
         if not wraps:
             raise BundleNotForThisDevice("bundle has no content key for this device")
@@ -200,7 +205,7 @@ class BundleVerifier:
         keys = []
         for wrap in wraps:
             try:
-                key = fmt.HPKE_SUITE.decrypt(wrap, self._device_key, info=info)
+                key = self._suite.decrypt(wrap, self._device_key, info=info)
             except Exception:  # any failure is the same opaque refusal
                 continue
             if len(key) == fmt.KEY_LEN:
