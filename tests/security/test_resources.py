@@ -136,6 +136,8 @@ GROWTH = [
     ("return len('%.200000000f' % 1.0)", "percent-precision"),
     ("return len(b'%200000000d' % 1)", "bytes-percent-width"),
     ("class T(tuple):\n    pass\nreturn len('%*d' % T((2 * 10 ** 8, 1)))", "percent-tuple-subclass-width"),
+    ("return len('%*d' % (-2 * 10 ** 8, 1))", "percent-negative-star-width"),
+    ("class N(int):\n    pass\nreturn len('%*d' % (N(2 * 10 ** 8), 1))", "percent-int-subclass-width"),
     ("class S(str):\n    pass\nreturn len(format(1, S('>200000000')))", "format-str-subclass-spec"),
     ("import json\nx = []\nfor _ in range(10):\n    x = [x]\nreturn len(json.dumps(x, indent=10 ** 6))",
      "json-indent"),
@@ -150,7 +152,7 @@ GUARDED = {"operator-pow", "operator-lshift", "operator-mul-sequence", "math-pro
            "format-width", "fstring-width", "format-builtin-width", "percent-width",
            "fstring-dynamic-width", "format-nested-width", "fstring-precision", "percent-star-width",
            "percent-precision", "format-map-width", "bytes-percent-width", "percent-tuple-subclass-width",
-           "format-str-subclass-spec"}
+           "format-str-subclass-spec", "percent-negative-star-width", "percent-int-subclass-width"}
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -230,7 +230,7 @@ class SizeGuards:
                 if part == "*":
                     star = positional[i] if i < len(positional) else None
                     i += 1
-                    if type(star) is int and star > self.max_sequence:
+                    if isinstance(star, int) and abs(star) > self.max_sequence:  # -N: left-aligned N
                         raise self._limit("%-format width or precision")
                 elif part:
                     self._check_sizes((part,), "%-format width or precision")
