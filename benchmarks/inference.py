@@ -117,15 +117,20 @@ def raw_session(blob: bytes) -> ort.InferenceSession:
 
 # -- 1. vm.model().run vs raw run at batch 1 --------------------------------------------------
 
-LOOP = """
+def _run_loop(model: str, input_name: str) -> str:
+    """A script that runs ``model`` ``inputs["n"]`` times on ``inputs["x"]``."""
+    return f"""
 import vm
 def main(inputs):
     x = inputs["x"]
-    m = vm.model("mlp")
+    m = vm.model("{model}")
     for i in range(inputs["n"]):
-        m.run({"x": x})
+        m.run({{"{input_name}": x}})
     return inputs["n"]
 """
+
+
+LOOP = _run_loop("mlp", "x")
 
 LOOP_HOISTED = """
 import vm
@@ -255,15 +260,7 @@ def bench_first_call(cfg: Config) -> list[Row]:
 
 # -- 4. micro-batching throughput -----------------------------------------------------------------
 
-RANK_LOOP = """
-import vm
-def main(inputs):
-    x = inputs["x"]
-    m = vm.model("ranker")
-    for i in range(inputs["n"]):
-        m.run({"features": x})
-    return inputs["n"]
-"""
+RANK_LOOP = _run_loop("ranker", "features")
 
 
 def deep_ranking_model(layers: int = 30, width: int = 16) -> bytes:
