@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 POLL_S = 0.005  # how often a waiting call looks at its cancel flag and deadline
 _RETRY_SPAWN_S = 1.0
 _DELIVERY_ATTEMPTS = 3  # the idle worker, the spare, a fresh one
+_SPAWN_ATTEMPTS = 3  # a worker dying with its zygote mid-spawn: retried from a new zygote
 
 
 
@@ -372,19 +373,30 @@ class ProcessPool:
 
     def _start_worker(self) -> _Worker:
         start = time.perf_counter()
-        timeout = self.limits.spawn_timeout
-        for attempt in range(2):
-            if self._zygote is None or not self._zygote.alive:
-                if self._zygote is not None:
-                    self._zygote.close()
-                self._zygote = Zygote(timeout)
+        for attempt in range(_SPAWN_ATTEMPTS):
             try:
-                child = self._zygote.fork(timeout)
+                child = self._fork_ready()
                 break
-            except WorkerCrashed:
-                if attempt or self._zygote.alive:
+            except (WorkerCrashed, EOFError, OSError):
+                # The zygote may have died during the fork or the handshake, taking its
+                # new worker with it (PR_SET_PDEATHSIG); its death may not be visible yet,
+                # and a fork from it then marks it broken: retry, the last time from a
+                # new zygote.
+                if attempt == _SPAWN_ATTEMPTS - 1:
                     raise
-                # The zygote died under an earlier check (its workers with it): a new one.
+        self.spawned += 1
+        self.last_spawn_s = time.perf_counter() - start
+        return _Worker(child)
+
+    def _fork_ready(self) -> Child:
+        """Fork a worker (starting a zygote if there is no live one) and wait for it
+        to report ready."""
+        timeout = self.limits.spawn_timeout
+        if self._zygote is None or not self._zygote.alive:
+            if self._zygote is not None:
+                self._zygote.close()
+            self._zygote = Zygote(timeout)
+        child = self._zygote.fork(timeout)
         try:
             child.sock.settimeout(timeout)
             write_frame(child.sock, self._init)
@@ -394,9 +406,7 @@ class ProcessPool:
         except BaseException:
             child.reap()
             raise
-        self.spawned += 1
-        self.last_spawn_s = time.perf_counter() - start
-        return _Worker(child)
+        return child
 
     def _dispose_retiring(self) -> None:
         with self._cond:
