@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from .bundle.verifier import VerifiedBundle
@@ -47,12 +48,28 @@ class TaskInfo:
         return replace(self, warmup_ms=ms)
 
 
+class TaskView:
+    """What a script's ``vm`` module reads of its release: the same class in both
+    isolation modes (the worker builds one of its own).  Separate from
+    ``InstalledTask`` so the program's ``vm`` factory holds no reference back to
+    the release that holds the program: a replaced release is then freed by
+    reference counting, not left to the cyclic garbage collector."""
+
+    __slots__ = ("hub", "models", "name", "release")
+
+    def __init__(self, name: str, release: int, models: dict[str, Any], hub: ModelHub):
+        self.name = name
+        self.release = release
+        self.models = models
+        self.hub = hub
+
+
 class VmModule:
     """The ``vm`` module a script imports: its window onto the container."""
 
     __slots__ = ("_handles", "_scope", "_task")
 
-    def __init__(self, task: InstalledTask, scope: CallScope):
+    def __init__(self, task: TaskView, scope: CallScope):
         object.__setattr__(self, "_task", task)
         object.__setattr__(self, "_scope", scope)
         object.__setattr__(self, "_handles", {})
@@ -65,11 +82,11 @@ class VmModule:
 
     @property
     def task(self) -> str:
-        return self._task.info.name
+        return self._task.name
 
     @property
     def release(self) -> int:
-        return self._task.info.release
+        return self._task.release
 
     def remaining(self) -> float:
         """Seconds left before this call's deadline."""
@@ -126,7 +143,7 @@ class InstalledTask:
             name=verified.name,
             release=verified.release,
             entry=m["entry"],
-            vm_factory=lambda scope: VmModule(self, scope),
+            vm_factory=partial(VmModule, TaskView(verified.name, verified.release, self.models, hub)),
             limits=limits,
         )
 

@@ -44,13 +44,14 @@ import signal
 import socket
 import sys
 from collections import OrderedDict
+from functools import partial
 from types import CodeType
 from typing import Any, NamedTuple
 
 from ..errors import TaskError, VmError
 from ..inference.profile import DeviceProfile
 from ..inference.sessions import LoadedModel, ModelHub
-from ..registry import VmModule
+from ..registry import TaskView, VmModule
 from ..sandbox.limits import ResourceLimits
 from ..sandbox.modules import get_facades
 from ..sandbox.runtime import TaskProgram
@@ -105,26 +106,9 @@ def die_with_parent(parent: int) -> bool:
     return True
 
 
-class _Info(NamedTuple):
-    name: str
-    release: int
-
-
-class _TaskView:
-    """What ``VmModule`` reads from an ``InstalledTask``, rebuilt in the worker,
-    so a script's ``vm`` module is the same class in both modes."""
-
-    __slots__ = ("hub", "info", "models")
-
-    def __init__(self, name: str, release: int, models: dict[str, LoadedModel], hub: ModelHub):
-        self.info = _Info(name, release)
-        self.models = models
-        self.hub = hub
-
-
 class _Loaded(NamedTuple):
     program: TaskProgram
-    task: _TaskView
+    task: TaskView
     reply_caps: codec.CodecLimits
 
 
@@ -164,10 +148,10 @@ class Programs:
         except BaseException:
             self._release(models)
             raise
-        task = _TaskView(name, release, models, self.hub)
+        task = TaskView(name, release, models, self.hub)
         limits = ResourceLimits(**load["limits"])
         program = TaskProgram(code, name=name, release=release, entry=load["entry"],
-                              vm_factory=lambda scope: VmModule(task, scope),  # type: ignore[arg-type]
+                              vm_factory=partial(VmModule, task),
                               limits=limits)
         return _Loaded(program, task, reply_limits(limits))
 

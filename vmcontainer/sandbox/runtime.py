@@ -144,6 +144,44 @@ class PrintCapture:
         return "".join(self.parts) + ("\n[print output truncated]\n" if self.dropped else "")
 
 
+class _Importer:
+    """``__import__`` for scripts: facades only; ``vm`` is built per call, lazily.
+
+    Its own object, not a bound method of the program: the program's builtins hold
+    it, and a bound method would make program and builtins a reference cycle that
+    only the cyclic garbage collector frees."""
+
+    __slots__ = ("_facades", "_vm_factory")
+
+    def __init__(self, facades: Mapping[str, Any], vm_factory: Callable[[CallScope], Any] | None):
+        self._facades = facades
+        self._vm_factory = vm_factory
+
+    def __call__(self, name: str, globals: Any = None, locals: Any = None,
+                 fromlist: Any = (), level: int = 0) -> Any:
+        if level:
+            raise violation("relative imports are not allowed")
+        if type(fromlist) is list:
+            # Only C code calls __import__ with a list (PyImport_Import, e.g. strftime
+            # importing "time"); script import statements pass None or a tuple.  The
+            # module goes to that C function, never to the script.
+            if name in _C_INTERNAL_IMPORTS or name.startswith(("encodings.", "numpy.")):
+                return builtins.__import__(name, None, None, fromlist, 0)
+            raise violation(f'internal import of "{name}" is not allowed')
+        if name == "vm":
+            if self._vm_factory is None or type(globals) is not dict or _SCOPE not in globals:
+                raise violation('module "vm" is not available here')
+            vm = globals.get(_VM)
+            if vm is None:
+                vm = globals[_VM] = self._vm_factory(globals[_SCOPE])
+            return vm
+        key = name if fromlist else name.split(".", 1)[0]
+        try:
+            return self._facades[key]
+        except KeyError:
+            raise violation(f'import of "{name}" is not allowed') from None
+
+
 class TaskProgram:
     """One loaded release of a task: verified code plus what each call needs."""
 
@@ -162,7 +200,6 @@ class TaskProgram:
         self.release = release
         self.entry = entry
         self.filename = code.co_filename
-        self._vm_factory = vm_factory
         self.limits = limits
         self._boundary = limits.boundary()
         # Per-call objects only a script that names them can reach: a name no code
@@ -170,10 +207,10 @@ class TaskProgram:
         named = _names(code)
         self._prints = "print" in named
         self._defines_types = not named.isdisjoint((policy.WRITE, policy.CLASSES, policy.METACLASS))
-        self._facades: Mapping[str, Any] = get_facades()
         sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
         getattr_ = _bind_getattr(sizes)
-        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=self._import, getattr=getattr_, pow=sizes.pow,
+        builtins_ = dict(_BUILTINS_TEMPLATE, __import__=_Importer(get_facades(), vm_factory),
+                         getattr=getattr_, pow=sizes.pow,
                          format=sizes.format)
         self._base_globals: dict[str, Any] = {
             "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
@@ -204,31 +241,6 @@ class TaskProgram:
         scope.bind(g)
         return g
 
-    def _import(self, name: str, globals: Any = None, locals: Any = None,
-                fromlist: Any = (), level: int = 0) -> Any:
-        """``__import__`` for scripts: facades only; ``vm`` is built per call, lazily."""
-        if level:
-            raise violation("relative imports are not allowed")
-        if type(fromlist) is list:
-            # Only C code calls __import__ with a list (PyImport_Import, e.g. strftime
-            # importing "time"); script import statements pass None or a tuple.  The
-            # module goes to that C function, never to the script.
-            if name in _C_INTERNAL_IMPORTS or name.startswith(("encodings.", "numpy.")):
-                return builtins.__import__(name, None, None, fromlist, 0)
-            raise violation(f'internal import of "{name}" is not allowed')
-        if name == "vm":
-            if self._vm_factory is None or type(globals) is not dict or _SCOPE not in globals:
-                raise violation('module "vm" is not available here')
-            vm = globals.get(_VM)
-            if vm is None:
-                vm = globals[_VM] = self._vm_factory(globals[_SCOPE])
-            return vm
-        key = name if fromlist else name.split(".", 1)[0]
-        try:
-            return self._facades[key]
-        except KeyError:
-            raise violation(f'import of "{name}" is not allowed') from None
-
     def load_check(self, scope: CallScope) -> None:
         """Execute the module body once, so a release whose top level fails is
         refused at install instead of failing every call."""
@@ -255,16 +267,16 @@ class TaskProgram:
         The public error is built from strings only and raised *outside* the
         ``except`` block, so neither ``__context__`` nor a traceback carries the
         script's exception, frames or globals to the host.  When the call is over
-        its scope is closed: task code the host's garbage collector may still
-        resume later (a suspended generator's ``finally``) stops at its first
+        its scope is closed, then its globals emptied: task code resumed while
+        they go (a suspended generator's ``finally``) stops at its first
         checkpoint.  (No check before the module runs: the lane refused a call
         cancelled or out of time in the queue, and ``bind`` arms the first
         checkpoint for one cancelled since.)
         """
+        g = self.new_globals(scope, output)
         set_current_scope(scope)
         public: VmError | None = None
         try:
-            g = self.new_globals(scope, output)
             exec(self.code, g)
             if inputs is _LOAD_ONLY:
                 return None
@@ -288,7 +300,14 @@ class TaskProgram:
         finally:
             scope.close()
             set_current_scope(None)
-        raise public
+            # The module's functions hold these globals and the globals hold them:
+            # emptying the dict frees the call's objects now, by reference counting,
+            # instead of leaving cyclic garbage for the collector to trace.
+            g.clear()
+        try:
+            raise public
+        finally:  # the traceback holds this frame: no reference cycle through it
+            public = None
 
     def _public_error(self, exc: BaseException) -> VmError:
         """A fresh instance of a vmcontainer-defined class, from strings only."""

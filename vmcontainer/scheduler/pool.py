@@ -91,8 +91,11 @@ class CallSlot:
         self._lock.acquire()
         error = self._error
         if error is not None:
-            self._error = None  # no reference cycle through the traceback
-            raise error
+            self._error = None  # the traceback holds this frame: no reference cycle
+            try:
+                raise error
+            finally:
+                error = None
         return self._value
 
 
