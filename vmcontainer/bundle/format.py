@@ -23,11 +23,13 @@ import hashlib
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives import hpke
 
+from .. import jsonc
 from ..errors import BundleIncompatible, BundleMalformed, BundleTooLarge
 from .keys import KID_LEN, device_key_type
 
@@ -116,11 +118,12 @@ class RawBundle:
         return b"".join(parts)
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_CANONICAL = jsonc.make_encoder(sort_keys=True, allow_nan=False)
 
 
 def canonical_json(obj: Any) -> bytes:
-    return _CANONICAL.encode(obj).encode("ascii")
+    """Sorted keys, no whitespace, ASCII, no NaN: the one spelling of a header."""
+    return _CANONICAL(obj).encode("ascii")
 
 
 _CT_DIGEST = re.compile(rb'"ct_sha256":"[0-9a-f]*"')
@@ -201,19 +204,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(name)  # NaN, Infinity: not JSON
 
 
-# Decoders made once: ``json.loads`` with hooks builds a new one per call.  The strict
-# one refuses duplicate keys; a text checked for canonical form afterwards needs only
-# the plain one (C all the way, no hook per object).
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes, parse_constant=_no_constant)
-_PLAIN_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+# Decoders made once, straight onto the C scanner (``json.loads`` with hooks builds a
+# new decoder per call).  The strict one refuses duplicate keys; a text checked for
+# canonical form afterwards needs only the plain one (C all the way, no hook per object).
+_DECODE = jsonc.make_decoder(json.JSONDecoder(object_pairs_hook=_no_dupes, parse_constant=_no_constant))
+_PLAIN_DECODE = jsonc.make_decoder(json.JSONDecoder(parse_constant=_no_constant))
 
 
-def _strict_json(data: bytes, what: str, decoder: json.JSONDecoder = _DECODER) -> dict[str, Any]:
+def _strict_json(data: bytes, what: str, decode: Callable[[str], Any] = _DECODE) -> dict[str, Any]:
     try:
-        obj = decoder.decode(data.decode("utf-8"))
+        obj = decode(data.decode("utf-8"))
     except _DuplicateKey as exc:
         raise BundleMalformed(f"duplicate key {exc.args[0]!r} in {what}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BundleMalformed(f"{what} is not valid JSON") from None
     if type(obj) is not dict:
         raise BundleMalformed(f"{what} is not a JSON object")
@@ -272,7 +275,7 @@ def parse_bundle(data: bytes, caps: SizeCaps = DEFAULT_CAPS) -> RawBundle:
     ciphertext = r.take(ct_len, "ciphertext")
     r.end()
 
-    header = _strict_json(header_bytes, "header", _PLAIN_DECODER)
+    header = _strict_json(header_bytes, "header", _PLAIN_DECODE)
     if canonical_json(header) != header_bytes:  # also refuses duplicate keys: the re-encoding loses one
         raise BundleMalformed("header is not in canonical form")
     _check_fields(header, _HEADER_TYPES, "header")

@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import marshal
 import math
 import struct
 import time
 from typing import Any, NamedTuple
 
+from .. import jsonc
 from ..errors import (
     ModelError,
     ModelInputError,
@@ -206,32 +206,7 @@ _JSON_CONTAINERS = frozenset({list, dict})
 _I64 = 1 << 63
 
 
-def _json_codec() -> tuple[Any, Any]:
-    """JSON's C encoder and scanner, made once: ``json.dumps``/``loads`` build them per
-    call in Python (pure-Python fallbacks where the C accelerator is missing)."""
-    from json import encoder, scanner
-
-    plain = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-    if encoder.c_make_encoder is not None:
-        c_encode = encoder.c_make_encoder(None, plain.default, encoder.encode_basestring_ascii, None,
-                                          ":", ",", False, False, True)
-
-        def encode(value: Any) -> str:
-            return "".join(c_encode(value, 0))
-    else:  # pragma: no cover - CPython always has the accelerator
-        encode = plain.encode
-    scan = scanner.make_scanner(json.JSONDecoder())
-
-    def decode(text: str) -> Any:
-        value, end = scan(text, 0)  # StopIteration for empty or invalid text
-        if end != len(text):
-            raise ValueError("extra data after the JSON value")
-        return value
-
-    return encode, decode
-
-
-_json_encode, _json_decode = _json_codec()
+_json_encode, _json_decode = jsonc.make_encoder(), jsonc.make_decoder()
 
 
 def _json_exact(value: Any, depth: int, max_depth: int) -> bool:
@@ -347,7 +322,7 @@ def decode_reply(frame: bytes | memoryview, limits: ResourceLimits = DEFAULT_RES
         try:
             text = str(frame[end:], "ascii")
             result = _json_decode(text)
-        except (ValueError, RecursionError, StopIteration):  # UnicodeDecodeError is a ValueError
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise ProtocolError("result is not valid JSON") from None
         # Every item takes a character and every level a bracket: a text this short,
         # with this few brackets, is within the caps without walking it.
