@@ -9,7 +9,7 @@ Public API (see README.md)::
             UpstreamFailed, TaskGraphError
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .container import Container, InvalidInputs
 from .errors import (

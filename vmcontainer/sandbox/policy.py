@@ -23,9 +23,11 @@ from __future__ import annotations
 # Names the compiler injects; scripts can never bind them (they start with "_").
 GETATTR = "_vm_getattr_"
 WRITE = "_vm_write_"
+STOP = "_vm_stop_"  # the checkpoint flag: raised when the call must look at the clock
+EXPIRED = "_vm_expired_"  # the checkpoint's slow path (CallScope.checkpoint)
+# Checkpoints of bundles built before the flag: ``_vm_clock_() > _vm_deadline_``.
 CLOCK = "_vm_clock_"
 DEADLINE = "_vm_deadline_"
-EXPIRED = "_vm_expired_"
 METACLASS = "__metaclass__"  # RestrictedPython's class hook name
 TYPE = "_vm_type_"  # the real type(), for the inline write check (scripts cannot name it)
 CLASSES = "_vm_classes_"  # the call's set of script-defined classes

@@ -273,10 +273,11 @@ class TaskProgram:
         cancelled or out of time in the queue, and ``bind`` arms the first
         checkpoint for one cancelled since.)
         """
-        g = self.new_globals(scope, output)
         set_current_scope(scope)
         public: VmError | None = None
+        g: dict[str, Any] | None = None
         try:
+            g = self.new_globals(scope, output)
             exec(self.code, g)
             if inputs is _LOAD_ONLY:
                 return None
@@ -303,7 +304,8 @@ class TaskProgram:
             # The module's functions hold these globals and the globals hold them:
             # emptying the dict frees the call's objects now, by reference counting,
             # instead of leaving cyclic garbage for the collector to trace.
-            g.clear()
+            if g is not None:
+                g.clear()
         try:
             raise public
         finally:  # the traceback holds this frame: no reference cycle through it

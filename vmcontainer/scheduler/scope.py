@@ -2,15 +2,20 @@
 
 A ``CallScope`` is the only object that decides whether a call may go on -
 like a trio cancel scope, but checked cooperatively.  The task's injected
-checkpoints compare the clock with ``_vm_deadline_`` in the call's own
-globals; the slow path is ``checkpoint()``.  Three things move that value to
-``-inf`` so the very next checkpoint takes the slow path:
+checkpoints read one flag, ``_vm_stop_``, in the call's own globals; the slow
+path is ``checkpoint()``.  Four things raise the flag so the very next
+checkpoint takes the slow path:
 
 * ``cancel()``          -> the checkpoint raises ``TaskCancelled``;
-* the deadline passing  -> ``TaskTimeout`` (no other thread needed: the task
-  reads the clock itself);
+* the deadline nearing  -> the deadline watch (``watch.py``) raises it a little
+  early; from then on every checkpoint reads the clock, and the first one past
+  the deadline raises ``TaskTimeout``;
+* an audit falling due  -> the slow path checks the CPU and memory budgets;
 * ``request_yield()``   -> the call parks on its lane's gate, releasing the
   GIL, until higher-priority work is done (or its deadline passes).
+
+Bundles built before the flag existed check ``_vm_clock_() > _vm_deadline_``
+instead; the scope keeps ``_vm_deadline_`` up to date for them.
 
 Host code (model runs, result validation) calls ``check()``.  ONNX Runtime
 runs registered with the scope are terminated on cancel and, through the
@@ -26,6 +31,7 @@ import time
 from typing import Any
 
 from ..sandbox import policy
+from .watch import WATCH
 
 _ids = itertools.count(1)
 _local = threading.local()
@@ -61,6 +67,7 @@ def fault(kind: str, message: str) -> Interrupt:
         scope.fault = intr
     return intr
 _NEG_INF = float("-inf")
+_INF = float("inf")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -107,6 +114,8 @@ class Gate(threading.Event):
 
 class CallScope:
     __slots__ = (
+        "_audit_at",
+        "_budgeted",
         "_cpu_start",
         "_globals",
         "_rss_start",
@@ -125,6 +134,7 @@ class CallScope:
         "model_runs",
         "model_time",
         "timeout",
+        "wake_at",
     )
 
     def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None,
@@ -140,6 +150,7 @@ class CallScope:
         self.cpu_budget = cpu_budget
         self.memory_budget = memory_budget
         self.audit_interval = audit_interval
+        self._budgeted = cpu_budget is not None or memory_budget is not None  # audits to make
         self.max_model_runs = max_model_runs
         self.fault: Interrupt | None = None  # a violation or limit hit, even if swallowed
         self.closed = False  # the call is over: no more task code may run under it
@@ -148,28 +159,48 @@ class CallScope:
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
         self._watched = False
+        self._audit_at = _INF
+        self.wake_at = _INF  # when the deadline watch next raises the flag
 
     # -- wiring to the running task --------------------------------------------
 
     def bind(self, task_globals: dict[str, Any]) -> None:
-        """Attach the call's fresh globals, so cancel() and yields can reach the checkpoints."""
+        """Attach the call's fresh globals and start watching the deadline, so the
+        watch, cancel() and yields can reach the checkpoints."""
         self._globals = task_globals
         self._cpu_start = -1.0  # read lazily at the first audit: no syscall for short calls
         gate = self.gate
         now = time.monotonic()
+        self._audit_at = now + self.audit_interval if self._budgeted else _INF
         if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
-            task_globals[policy.DEADLINE] = _NEG_INF  # the first checkpoint parks or raises
-        elif self.cpu_budget is None and self.memory_budget is None:
-            task_globals[policy.DEADLINE] = self.deadline
-        else:  # _next_stop() with the clock already read
-            task_globals[policy.DEADLINE] = min(self.deadline, now + self.audit_interval)
+            task_globals[policy.STOP] = True  # the first checkpoint parks or raises
+            task_globals[policy.DEADLINE] = _NEG_INF
+        else:
+            self._arm(task_globals, now)
+        self.wake_at = self._next_wake(now)
+        WATCH.add(self)
 
-    def _next_stop(self) -> float:
-        """When the checkpoints should next take the slow path: the deadline, or
-        sooner when a CPU or memory budget needs auditing."""
-        if self.cpu_budget is None and self.memory_budget is None:
-            return self.deadline
-        return min(self.deadline, time.monotonic() + self.audit_interval)
+    def _arm(self, g: dict[str, Any], now: float) -> None:
+        """Lower the flag, unless the deadline is within the watch's lead: from there
+        on every checkpoint reads the clock (``checkpoint`` raises when it passes)."""
+        g[policy.STOP] = self.deadline - now <= WATCH.lead
+        g[policy.DEADLINE] = min(self.deadline, self._audit_at)
+
+    def _next_wake(self, now: float) -> float:
+        """When the watch should next raise the flag: ahead of the deadline, or at
+        the next audit; never again once the checkpoints read the clock."""
+        lead_at = self.deadline - WATCH.lead
+        if now >= lead_at:
+            return _INF
+        return min(lead_at, now + self.audit_interval) if self._budgeted else lead_at
+
+    def wake(self, now: float) -> float:
+        """Called by the deadline watch: raise the flag, give the next wake time."""
+        g = self._globals
+        if g is None:
+            return _INF
+        g[policy.STOP] = True
+        return self._next_wake(now)
 
     def checkpoint(self) -> None:
         """Slow path of the injected checkpoints: raise, or park and resume."""
@@ -177,7 +208,8 @@ class CallScope:
             raise Interrupt("cancelled", "the call is over")
         if self.cancelled:
             raise Interrupt("cancelled", "call cancelled")
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
         gate = self.gate
         while gate is not None and (not gate.open or time.monotonic() < gate.resume_at):
@@ -193,13 +225,16 @@ class CallScope:
                 raise Interrupt("cancelled", "call cancelled")
             if time.monotonic() > self.deadline:
                 raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
-        if self.cpu_budget is not None and self._cpu_exhausted():
-            raise Interrupt("limit", f"CPU budget of {self.cpu_budget:.3f}s exhausted")
-        if self.memory_budget is not None and self._memory_exceeded():
-            raise Interrupt("limit", f"memory grew by more than {self.memory_budget >> 20} MiB during the call")
+            now = time.monotonic()
+        if now >= self._audit_at:  # at most every half interval, however often called
+            self._audit_at = now + self.audit_interval / 2
+            if self.cpu_budget is not None and self._cpu_exhausted():
+                raise Interrupt("limit", f"CPU budget of {self.cpu_budget:.3f}s exhausted")
+            if self.memory_budget is not None and self._memory_exceeded():
+                raise Interrupt("limit", f"memory grew by more than {self.memory_budget >> 20} MiB during the call")
         g = self._globals
         if g is not None and not self.cancelled:
-            g[policy.DEADLINE] = self._next_stop()
+            self._arm(g, now)
 
     def check(self) -> None:
         """Host-side checkpoint (no parking: host code is short).  Also re-raises a
@@ -220,6 +255,7 @@ class CallScope:
         """Make the next checkpoint take the slow path (and park if the gate is shut)."""
         g = self._globals
         if g is not None:
+            g[policy.STOP] = True
             g[policy.DEADLINE] = _NEG_INF
 
     def cancel(self) -> None:
@@ -251,9 +287,8 @@ class CallScope:
         """The call is over: any task code still resumed later (by the garbage
         collector finalising a generator) stops at its first checkpoint."""
         self.closed = True
-        g = self._globals
-        if g is not None:
-            g[policy.DEADLINE] = _NEG_INF
+        WATCH.discard(self)
+        self.request_yield()
         self._globals = None
 
     def should_watch(self) -> bool:
