@@ -70,6 +70,30 @@ def test_a_runaway_loop_with_budgets_times_out_at_its_deadline():
     assert 0 <= overshoot < 0.05
 
 
+def test_a_flag_lowered_by_a_racing_slow_path_is_raised_again(monkeypatch):
+    """The race: a slow path reads the clock just before the lead, the watch raises
+    the flag at the lead, then the slow path lowers it (its reading said "not near
+    the deadline yet").  Forced here on every slow path: the watch must still bring
+    the call down at its deadline rather than leave it running for ever."""
+    real_arm = CallScope._arm
+
+    def stale_arm(self, g, now):
+        real_arm(self, g, now - 1.0)  # always "long before the deadline"
+
+    monkeypatch.setattr(CallScope, "_arm", stale_arm)
+    program = _program(SPIN)
+    for budgets in ({}, {"cpu_budget": 10.0, "audit_interval": 0.002}):
+        assert 0 <= _overshoot(program, 0.05, **budgets) < 0.05
+
+
+def test_the_watch_never_lets_go_of_a_running_call():
+    scope = CallScope(1.0, cpu_budget=10.0)
+    deadline, lead = scope.deadline, watch.WATCH.lead
+    assert scope._next_wake(deadline - 0.5) < deadline - lead  # an audit first
+    assert scope._next_wake(deadline - lead / 2) == deadline
+    assert deadline < scope._next_wake(deadline + 1.0) <= deadline + 1.0 + watch.TICK
+
+
 def test_code_built_before_the_flag_still_times_out_and_cancels():
     program = _program(CLOCK_CHECKPOINTS, compiled=False)
     assert 0 <= _overshoot(program, 0.05) < 0.05

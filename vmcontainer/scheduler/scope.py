@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from ..sandbox import policy
-from .watch import WATCH
+from .watch import TICK, WATCH
 
 _ids = itertools.count(1)
 _local = threading.local()
@@ -188,11 +188,15 @@ class CallScope:
 
     def _next_wake(self, now: float) -> float:
         """When the watch should next raise the flag: ahead of the deadline, or at
-        the next audit; never again once the checkpoints read the clock."""
-        lead_at = self.deadline - WATCH.lead
-        if now >= lead_at:
-            return _INF
-        return min(lead_at, now + self.audit_interval) if self._budgeted else lead_at
+        the next audit.  Within the lead the checkpoints read the clock themselves,
+        but the watch never lets go of a running call: a slow path that read the
+        clock before the lead may lower the flag just after the watch raised it, so
+        it raises it again at the deadline, and every tick after."""
+        deadline = self.deadline
+        lead_at = deadline - WATCH.lead
+        if now < lead_at:
+            return min(lead_at, now + self.audit_interval) if self._budgeted else lead_at
+        return deadline if now < deadline else now + TICK
 
     def wake(self, now: float) -> float:
         """Called by the deadline watch: raise the flag, give the next wake time."""
