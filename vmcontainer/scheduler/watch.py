@@ -32,7 +32,7 @@ import time
 from typing import Any, Protocol
 
 _INF = float("inf")
-TICK = 0.005  # while calls come and go: at most this long between looks (below audit_interval)
+TICK = 0.01  # while calls come and go: at most this long between looks (= default audit_interval)
 LINGER = 1.0  # ...for this long after the last running call; then sleep until poked
 LEAD_MARGIN = 0.002
 
