@@ -86,12 +86,25 @@ def test_a_flag_lowered_by_a_racing_slow_path_is_raised_again(monkeypatch):
         assert 0 <= _overshoot(program, 0.05, **budgets) < 0.05
 
 
-def test_the_watch_never_lets_go_of_a_running_call():
-    scope = CallScope(1.0, cpu_budget=10.0)
-    deadline, lead = scope.deadline, watch.WATCH.lead
-    assert scope._next_wake(deadline - 0.5) < deadline - lead  # an audit first
-    assert scope._next_wake(deadline - lead / 2) == deadline
-    assert deadline < scope._next_wake(deadline + 1.0) <= deadline + 1.0 + watch.TICK
+def test_the_watch_looks_exactly_at_leads_and_long_calls_audits_only():
+    scope = CallScope(1.0, cpu_budget=10.0, audit_interval=0.01)
+    g: dict = {}
+    scope.bind(g)
+    try:
+        start, deadline, lead = scope._started, scope.deadline, watch.WATCH.lead
+        # A first look before the first audit is due: only the deadline's lead is
+        # timed; the audit waits for a tick (a short call never costs a wake-up).
+        assert scope.look(start + 0.001) == deadline - lead and g["_vm_stop_"] is False
+        # Once audited, a long call is looked at on its audit times.
+        assert scope.look(start + 0.02) == pytest.approx(start + 0.03)
+        assert g["_vm_stop_"] is True
+        # Within the lead: raised, and looked at again at the deadline, then every tick.
+        g["_vm_stop_"] = False  # a racing slow path lowered it on a stale reading
+        assert scope.look(deadline - lead / 2) == deadline and g["_vm_stop_"] is True
+        assert deadline < scope.look(deadline + 1.0) <= deadline + 1.0 + watch.TICK
+    finally:
+        scope.close()
+    assert scope.look(deadline) == float("inf")  # a closed call is let go
 
 
 def test_code_built_before_the_flag_still_times_out_and_cancels():
@@ -117,8 +130,7 @@ def test_a_stream_of_short_calls_does_not_wake_the_watch(monkeypatch):
     assert len(pokes) <= 2  # the first call after an idle spell, at most twice on a slow start
 
 
-def test_finished_calls_leave_the_watch_and_it_sleeps_when_calls_stop(monkeypatch):
-    monkeypatch.setattr(watch, "LINGER", 0.05)
+def test_finished_calls_leave_the_watch_and_it_sleeps_when_calls_stop():
     program = _program("def main(i):\n    return i\n")
     for i in range(20):
         program.call(i, CallScope(30.0, cpu_budget=10.0))

@@ -115,11 +115,13 @@ class Gate(threading.Event):
 class CallScope:
     __slots__ = (
         "_audit_at",
+        "_audited",
         "_budgeted",
         "_cpu_start",
         "_globals",
         "_rss_start",
         "_runs",
+        "_started",
         "_watched",
         "audit_interval",
         "call_id",
@@ -134,7 +136,6 @@ class CallScope:
         "model_runs",
         "model_time",
         "timeout",
-        "wake_at",
     )
 
     def __init__(self, timeout: float, *, start: float | None = None, call_id: int | None = None,
@@ -159,8 +160,8 @@ class CallScope:
         self._globals: dict[str, Any] | None = None
         self._runs: list[Any] = []
         self._watched = False
-        self._audit_at = _INF
-        self.wake_at = _INF  # when the deadline watch next raises the flag
+        self._audit_at = _INF  # the next CPU / memory audit
+        self._audited = False  # audited once: a long call, whose audits the watch times exactly
 
     # -- wiring to the running task --------------------------------------------
 
@@ -171,13 +172,13 @@ class CallScope:
         self._cpu_start = -1.0  # read lazily at the first audit: no syscall for short calls
         gate = self.gate
         now = time.monotonic()
+        self._started = now
         self._audit_at = now + self.audit_interval if self._budgeted else _INF
         if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
             task_globals[policy.STOP] = True  # the first checkpoint parks or raises
             task_globals[policy.DEADLINE] = _NEG_INF
         else:
             self._arm(task_globals, now)
-        self.wake_at = self._next_wake(now)
         WATCH.add(self)
 
     def _arm(self, g: dict[str, Any], now: float) -> None:
@@ -186,25 +187,35 @@ class CallScope:
         g[policy.STOP] = self.deadline - now <= WATCH.lead
         g[policy.DEADLINE] = min(self.deadline, self._audit_at)
 
-    def _next_wake(self, now: float) -> float:
-        """When the watch should next raise the flag: ahead of the deadline, or at
-        the next audit.  Within the lead the checkpoints read the clock themselves,
-        but the watch never lets go of a running call: a slow path that read the
-        clock before the lead may lower the flag just after the watch raised it, so
-        it raises it again at the deadline, and every tick after."""
-        deadline = self.deadline
-        lead_at = deadline - WATCH.lead
-        if now < lead_at:
-            return min(lead_at, now + self.audit_interval) if self._budgeted else lead_at
-        return deadline if now < deadline else now + TICK
+    def _audit_due(self, now: float) -> bool:
+        """Half an interval of slack on both sides: the watch's look and the slow path
+        read the clock at slightly different times."""
+        return now >= self._audit_at - self.audit_interval / 2
 
-    def wake(self, now: float) -> float:
-        """Called by the deadline watch: raise the flag, give the next wake time."""
+    def look(self, now: float) -> float:
+        """The deadline watch's look at this running call: raise the flag when the
+        deadline's lead has come or an audit is due; return when to look again.
+
+        A first audit waits for the watch's next tick, so a short call never costs a
+        wake-up; once audited, a long call is looked at on its audit times.  Within
+        the lead the checkpoints read the clock themselves, but the watch never lets
+        go of a running call: a slow path that read the clock before the lead may
+        lower the flag just after the watch raised it, so the watch raises it again
+        at the deadline, and every tick after."""
         g = self._globals
         if g is None:
             return _INF
-        g[policy.STOP] = True
-        return self._next_wake(now)
+        deadline = self.deadline
+        lead_at = deadline - WATCH.lead
+        audit_at = self._audit_at
+        if self._audit_due(now):
+            g[policy.STOP] = True
+            self._audited = True
+            audit_at = now + self.audit_interval
+        if now >= lead_at:
+            g[policy.STOP] = True
+            return deadline if now < deadline else now + TICK
+        return min(lead_at, audit_at) if self._audited else lead_at
 
     def checkpoint(self) -> None:
         """Slow path of the injected checkpoints: raise, or park and resume."""
@@ -230,8 +241,8 @@ class CallScope:
             if time.monotonic() > self.deadline:
                 raise Interrupt("timeout", f"deadline of {self.timeout:.3f}s passed")
             now = time.monotonic()
-        if now >= self._audit_at:  # at most every half interval, however often called
-            self._audit_at = now + self.audit_interval / 2
+        if self._audit_due(now):  # however often the slow path runs
+            self._audit_at = now + self.audit_interval
             if self.cpu_budget is not None and self._cpu_exhausted():
                 raise Interrupt("limit", f"CPU budget of {self.cpu_budget:.3f}s exhausted")
             if self.memory_budget is not None and self._memory_exceeded():
@@ -268,17 +279,17 @@ class CallScope:
         self.terminate_runs()
 
     def _cpu_exhausted(self) -> bool:
-        """The first audit comes one ``audit_interval`` into the call; count that
-        interval as spent (a conservative estimate) instead of reading the thread's
-        CPU clock on every call."""
+        """The first audit comes an interval or more into the call; count all the
+        call's wall time so far as spent (an upper bound of its CPU time) instead of
+        reading the thread's CPU clock on every call."""
         now = time.thread_time()
         if self._cpu_start < 0:
-            self._cpu_start = now - self.audit_interval
+            self._cpu_start = now - (time.monotonic() - self._started)
         return now - self._cpu_start > self.cpu_budget  # type: ignore[operator]
 
     def _memory_exceeded(self) -> bool:
-        """The first audit (one ``audit_interval`` into the call) takes the baseline:
-        a short call never pays for reading the resident size."""
+        """The first audit (an interval or more into the call: see ``look``) takes the
+        baseline: a short call never pays for reading the resident size."""
         rss = resident_bytes()
         if rss is None:
             return False

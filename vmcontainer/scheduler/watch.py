@@ -5,22 +5,25 @@ A script's injected checkpoints read one flag in the call's globals
 (``_vm_stop_``) instead of calling the clock: a global load is a tenth of the
 cost of ``time.monotonic()`` and a checkpoint runs on every loop iteration and
 function entry.  Something else must then raise the flag when time matters;
-that is this watch.  For each running call it keeps one wake time, the sooner
-of
+that is this watch.  It looks at each running call (``CallScope.look``), which
+raises the flag and says when to look again:
 
-* the deadline minus a lead of two GIL switch intervals: the flag is raised
-  *before* the deadline, and from then on every checkpoint of the call takes
-  the slow path and reads the clock itself, so the deadline is met to within
-  one checkpoint however late this thread gets the GIL;
-* the next CPU / memory audit (every ``audit_interval``), if the call has
-  budgets.
+* exactly at the deadline minus a lead of two GIL switch intervals: the flag
+  goes up *before* the deadline, and from then on every checkpoint of the call
+  takes the slow path and reads the clock itself, so the deadline is met to
+  within one checkpoint however late this thread gets the GIL;
+* for CPU / memory audits (every ``audit_interval``): exactly, once a call has
+  been audited; a call's *first* audit waits for the next tick instead, so a
+  short call never costs a wake-up.
 
-Registering a call is a set insertion.  While calls come and go the thread
-ticks (``TICK``), so a new call's first wake time is never sooner than the
-tick it sleeps towards; it is woken early only by a call with a very short
-timeout, or by the first call after an idle second.  It never runs script code and takes no lock a
-call holds: raising the flag is one dict store.  What the slow path then does -
-raise, audit, park - is the scope's business (``CallScope.checkpoint``).
+Wake-ups are what this costs (about 0.1 ms of CPU each on a small VM), so there
+are few: registering a call is a set insertion and wakes the thread only if the
+call's deadline lead comes before the thread's next look (a short timeout, or
+the first call after a quiet spell).  While calls are running or arriving the
+thread ticks every ``TICK``; otherwise it sleeps until poked.  It never runs
+script code and takes no lock a call holds: raising the flag is one dict store.
+What the slow path then does - raise, audit, park - is the scope's business
+(``CallScope.checkpoint``).
 """
 
 from __future__ import annotations
@@ -32,16 +35,16 @@ import time
 from typing import Any, Protocol
 
 _INF = float("inf")
-TICK = 0.01  # while calls come and go: at most this long between looks (= default audit_interval)
-LINGER = 1.0  # ...for this long after the last running call; then sleep until poked
+_NEG_INF = float("-inf")
+TICK = 0.05  # between looks while calls run or arrive: first audits are this late at most
 LEAD_MARGIN = 0.002
 
 
 class Watched(Protocol):
-    wake_at: float
+    deadline: float
 
-    def wake(self, now: float) -> float:
-        """Raise the call's flag; return its next wake time (``inf``: none)."""
+    def look(self, now: float) -> float:
+        """Raise the call's flag if it is time; return when to look again."""
 
 
 def _lead() -> float:
@@ -70,13 +73,16 @@ class DeadlineWatch:
     def add(self, scope: Watched) -> None:
         self.running.add(scope)
         self.added += 1  # racy under threads, and only ever compared for change
-        if scope.wake_at < self.wake_at:
+        if scope.deadline - self.lead < self.wake_at:
             self._poke()
 
     def discard(self, scope: Watched) -> None:
         self.running.discard(scope)
 
     def _poke(self) -> None:
+        # A look is now due: calls added before it are in it, so none need poke again
+        # (one scanning already, it set wake_at to inf first, pokes anyway).
+        self.wake_at = _NEG_INF
         with self._cond:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="vm-deadline-watch",
@@ -86,7 +92,6 @@ class DeadlineWatch:
 
     def _run(self) -> None:
         cond = self._cond
-        busy_until = 0.0
         seen = -1
         with cond:
             while True:
@@ -96,18 +101,13 @@ class DeadlineWatch:
                 self.lead = _lead()  # the host may change the switch interval at any time
                 now = time.monotonic()
                 soonest = _INF
-                for scope in list(self.running):
-                    wake = scope.wake_at
-                    if wake <= now:
-                        wake = scope.wake_at = scope.wake(now)
+                running = list(self.running)
+                for scope in running:
+                    wake = scope.look(now)
                     if wake < soonest:
                         soonest = wake
-                if self.added != seen:  # calls came since the last look
+                if running or self.added != seen:  # calls running or arriving: keep ticking
                     seen = self.added
-                    busy_until = now + LINGER
-                if now < busy_until:
-                    # Calls ran lately: keep a tick no later than a new call's first
-                    # audit, so a stream of short calls never pokes this thread.
                     soonest = min(soonest, now + TICK)
                 self.wake_at = soonest
                 cond.wait(None if soonest == _INF else soonest - now)
