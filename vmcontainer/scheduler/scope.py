@@ -201,7 +201,7 @@ class CallScope:
         the lead the checkpoints read the clock themselves, but the watch never lets
         go of a running call: a slow path that read the clock before the lead may
         lower the flag just after the watch raised it, so the watch raises it again
-        at the deadline, and every tick after."""
+        a lead past the deadline, and every tick after."""
         g = self._globals
         if g is None:
             return _INF
@@ -214,7 +214,10 @@ class CallScope:
             audit_at = now + self.audit_interval
         if now >= lead_at:
             g[policy.STOP] = True
-            return deadline if now < deadline else now + TICK
+            # Again a lead past the deadline (not at it: that is when the call's own
+            # thread and its caller want the GIL), then every tick.
+            again = deadline + WATCH.lead
+            return again if now < again else now + TICK
         return min(lead_at, audit_at) if self._audited else lead_at
 
     def checkpoint(self) -> None:
