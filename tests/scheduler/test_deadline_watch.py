@@ -87,16 +87,18 @@ def test_a_flag_lowered_by_a_racing_slow_path_is_raised_again(monkeypatch):
 
 
 def test_the_watch_looks_exactly_at_leads_and_long_calls_audits_only():
-    scope = CallScope(1.0, cpu_budget=10.0, audit_interval=0.01)
+    interval = 2 * watch.TICK  # audits no more often than the watch ticks
+    scope = CallScope(10.0, cpu_budget=10.0, audit_interval=interval)
     g: dict = {}
     scope.bind(g)
     try:
         start, deadline, lead = scope._started, scope.deadline, watch.WATCH.lead
-        # A first look before the first audit is due: only the deadline's lead is
-        # timed; the audit waits for a tick (a short call never costs a wake-up).
+        # Before the first audit is due only the deadline's lead is timed: the audit
+        # waits for a tick (a short call never costs a wake-up).
+        assert scope.next_look == deadline - lead
         assert scope.look(start + 0.001) == deadline - lead and g["_vm_stop_"] is False
         # Once audited, a long call is looked at on its audit times.
-        assert scope.look(start + 0.02) == pytest.approx(start + 0.03)
+        assert scope.look(start + interval) == pytest.approx(start + 2 * interval)
         assert g["_vm_stop_"] is True
         # Within the lead: raised, and looked at again a lead past the deadline, then
         # every tick.
@@ -106,6 +108,18 @@ def test_the_watch_looks_exactly_at_leads_and_long_calls_audits_only():
     finally:
         scope.close()
     assert scope.look(deadline) == float("inf")  # a closed call is let go
+
+
+def test_audits_asked_for_more_often_than_the_tick_are_timed_from_the_start():
+    scope = CallScope(10.0, memory_budget=1 << 30, audit_interval=watch.TICK / 10)
+    g: dict = {}
+    scope.bind(g)
+    try:
+        first = scope._started + watch.TICK / 10
+        assert scope.next_look == pytest.approx(first)
+        assert scope.look(scope._started + 0.0001) == pytest.approx(first)
+    finally:
+        scope.close()
 
 
 def test_code_built_before_the_flag_still_times_out_and_cancels():

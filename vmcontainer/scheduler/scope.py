@@ -115,9 +115,9 @@ class Gate(threading.Event):
 class CallScope:
     __slots__ = (
         "_audit_at",
-        "_audited",
         "_budgeted",
         "_cpu_start",
+        "_exact_audits",
         "_globals",
         "_rss_start",
         "_runs",
@@ -135,6 +135,7 @@ class CallScope:
         "memory_budget",
         "model_runs",
         "model_time",
+        "next_look",
         "timeout",
     )
 
@@ -161,7 +162,8 @@ class CallScope:
         self._runs: list[Any] = []
         self._watched = False
         self._audit_at = _INF  # the next CPU / memory audit
-        self._audited = False  # audited once: a long call, whose audits the watch times exactly
+        self._exact_audits = False  # the watch times this call's audits exactly (see look)
+        self.next_look = _INF  # when the deadline watch must first look at this call
 
     # -- wiring to the running task --------------------------------------------
 
@@ -173,7 +175,10 @@ class CallScope:
         gate = self.gate
         now = time.monotonic()
         self._started = now
-        self._audit_at = now + self.audit_interval if self._budgeted else _INF
+        self._audit_at = audit_at = now + self.audit_interval if self._budgeted else _INF
+        self._exact_audits = self.audit_interval < TICK
+        lead_at = self.deadline - WATCH.lead
+        self.next_look = min(lead_at, audit_at) if self._exact_audits else lead_at
         if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
             task_globals[policy.STOP] = True  # the first checkpoint parks or raises
             task_globals[policy.DEADLINE] = _NEG_INF
@@ -197,7 +202,8 @@ class CallScope:
         deadline's lead has come or an audit is due; return when to look again.
 
         A first audit waits for the watch's next tick, so a short call never costs a
-        wake-up; once audited, a long call is looked at on its audit times.  Within
+        wake-up; once audited, a long call is looked at on its audit times (from the
+        start, if the task asks for audits more often than the watch ticks).  Within
         the lead the checkpoints read the clock themselves, but the watch never lets
         go of a running call: a slow path that read the clock before the lead may
         lower the flag just after the watch raised it, so the watch raises it again
@@ -210,7 +216,7 @@ class CallScope:
         audit_at = self._audit_at
         if self._audit_due(now):
             g[policy.STOP] = True
-            self._audited = True
+            self._exact_audits = True
             audit_at = now + self.audit_interval
         if now >= lead_at:
             g[policy.STOP] = True
@@ -218,7 +224,7 @@ class CallScope:
             # thread and its caller want the GIL), then every tick.
             again = deadline + WATCH.lead
             return again if now < again else now + TICK
-        return min(lead_at, audit_at) if self._audited else lead_at
+        return min(lead_at, audit_at) if self._exact_audits else lead_at
 
     def checkpoint(self) -> None:
         """Slow path of the injected checkpoints: raise, or park and resume."""

@@ -14,7 +14,8 @@ raises the flag and says when to look again:
   within one checkpoint however late this thread gets the GIL;
 * for CPU / memory audits (every ``audit_interval``): exactly, once a call has
   been audited; a call's *first* audit waits for the next tick instead, so a
-  short call never costs a wake-up.
+  short call never costs a wake-up (unless the task asked for audits more often
+  than the watch ticks).
 
 Wake-ups are what this costs (about 0.1 ms of CPU each on a small VM), so there
 are few: registering a call is a set insertion and wakes the thread only if the
@@ -41,7 +42,7 @@ LEAD_MARGIN = 0.008  # the watch has been seen to get the GIL 4 ms late on a loa
 
 
 class Watched(Protocol):
-    deadline: float
+    next_look: float  # when the watch must first look at the call
 
     def look(self, now: float) -> float:
         """Raise the call's flag if it is time; return when to look again."""
@@ -73,7 +74,7 @@ class DeadlineWatch:
     def add(self, scope: Watched) -> None:
         self.running.add(scope)
         self.added += 1  # racy under threads, and only ever compared for change
-        if scope.deadline - self.lead < self.wake_at:
+        if scope.next_look < self.wake_at:
             self._poke()
 
     def discard(self, scope: Watched) -> None:
