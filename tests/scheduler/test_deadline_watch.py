@@ -87,7 +87,7 @@ def test_a_flag_lowered_by_a_racing_slow_path_is_raised_again(monkeypatch):
 
 
 def test_the_watch_looks_exactly_at_leads_and_long_calls_audits_only():
-    interval = 2 * watch.TICK  # audits no more often than the watch ticks
+    interval = watch.EXACT_AUDITS_BELOW  # the default audit interval
     scope = CallScope(10.0, cpu_budget=10.0, audit_interval=interval)
     g: dict = {}
     scope.bind(g)
@@ -110,12 +110,13 @@ def test_the_watch_looks_exactly_at_leads_and_long_calls_audits_only():
     assert scope.look(deadline) == float("inf")  # a closed call is let go
 
 
-def test_audits_asked_for_more_often_than_the_tick_are_timed_from_the_start():
-    scope = CallScope(10.0, memory_budget=1 << 30, audit_interval=watch.TICK / 10)
+def test_audits_asked_for_more_often_than_the_default_are_timed_from_the_start():
+    interval = watch.EXACT_AUDITS_BELOW / 10
+    scope = CallScope(10.0, memory_budget=1 << 30, audit_interval=interval)
     g: dict = {}
     scope.bind(g)
     try:
-        first = scope._started + watch.TICK / 10
+        first = scope._started + interval
         assert scope.next_look == pytest.approx(first)
         assert scope.look(scope._started + 0.0001) == pytest.approx(first)
     finally:

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from ..sandbox import policy
-from .watch import TICK, WATCH
+from .watch import EXACT_AUDITS_BELOW, TICK, WATCH
 
 _ids = itertools.count(1)
 _local = threading.local()
@@ -176,7 +176,7 @@ class CallScope:
         now = time.monotonic()
         self._started = now
         self._audit_at = audit_at = now + self.audit_interval if self._budgeted else _INF
-        self._exact_audits = self.audit_interval < TICK
+        self._exact_audits = self.audit_interval < EXACT_AUDITS_BELOW
         lead_at = self.deadline - WATCH.lead
         self.next_look = min(lead_at, audit_at) if self._exact_audits else lead_at
         if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
@@ -203,7 +203,7 @@ class CallScope:
 
         A first audit waits for the watch's next tick, so a short call never costs a
         wake-up; once audited, a long call is looked at on its audit times (from the
-        start, if the task asks for audits more often than the watch ticks).  Within
+        start, if the task asks for audits more often than the default).  Within
         the lead the checkpoints read the clock themselves, but the watch never lets
         go of a running call: a slow path that read the clock before the lead may
         lower the flag just after the watch raised it, so the watch raises it again
