@@ -123,6 +123,25 @@ def test_audits_asked_for_more_often_than_the_default_are_timed_from_the_start()
         scope.close()
 
 
+def test_a_failing_look_does_not_stop_the_watch(monkeypatch, caplog):
+    """A MemoryError in the watch thread (a memory bomb elsewhere in the process)
+    must not leave later runaway loops without a deadline."""
+    real_look = CallScope.look
+    failures = []
+
+    def flaky_look(self, now):
+        if not failures:
+            failures.append(now)
+            raise MemoryError
+        return real_look(self, now)
+
+    monkeypatch.setattr(CallScope, "look", flaky_look)
+    program = _program(SPIN)
+    assert 0 <= _overshoot(program, 0.1) < 0.05
+    assert failures and "look failed" in caplog.text
+    assert 0 <= _overshoot(program, 0.1) < 0.05
+
+
 def test_code_built_before_the_flag_still_times_out_and_cancels():
     program = _program(CLOCK_CHECKPOINTS, compiled=False)
     assert 0 <= _overshoot(program, 0.05) < 0.05

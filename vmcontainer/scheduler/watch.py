@@ -29,12 +29,14 @@ What the slow path then does - raise, audit, park - is the scope's business
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
 from typing import Any, Protocol
 
+log = logging.getLogger("vmcontainer.watch")
 _INF = float("inf")
 _NEG_INF = float("-inf")
 TICK = 0.05  # between looks while calls run or arrive: first audits are this late at most
@@ -42,6 +44,7 @@ TICK = 0.05  # between looks while calls run or arrive: first audits are this la
 # them timed exactly from the start, at the price of a wake-up per call.
 EXACT_AUDITS_BELOW = 0.01
 LEAD_MARGIN = 0.008  # the watch has been seen to get the GIL 4 ms late on a loaded 2-core VM
+RETRY = 0.002  # after a look failed: well inside the lead margin
 
 
 class Watched(Protocol):
@@ -88,7 +91,7 @@ class DeadlineWatch:
         # (one scanning already, it set wake_at to inf first, pokes anyway).
         self.wake_at = _NEG_INF
         with self._cond:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="vm-deadline-watch",
                                                 daemon=True)
                 self._thread.start()
@@ -107,7 +110,11 @@ class DeadlineWatch:
                 soonest = _INF
                 running = list(self.running)
                 for scope in running:
-                    wake = scope.look(now)
+                    try:
+                        wake = scope.look(now)
+                    except Exception:  # MemoryError under a memory bomb: look again soon
+                        log.exception("deadline watch: look failed")
+                        wake = now + RETRY
                     if wake < soonest:
                         soonest = wake
                 if running or self.added != seen:  # calls running or arriving: keep ticking
