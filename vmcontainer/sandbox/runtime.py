@@ -210,8 +210,7 @@ class TaskProgram:
         sizes = SizeGuards(limits.max_int_bits, limits.max_sequence)
         getattr_ = _bind_getattr(sizes)
         builtins_ = dict(_BUILTINS_TEMPLATE, __import__=_Importer(get_facades(), vm_factory),
-                         getattr=getattr_, pow=sizes.pow,
-                         format=sizes.format)
+                         getattr=getattr_, pow=sizes.pow, format=sizes.format)
         self._base_globals: dict[str, Any] = {
             "__builtins__": builtins_,  # shared by calls: unreachable to scripts ("_" name)
             "__name__": f"task.{name}",
