@@ -8,6 +8,7 @@ and the thread must go back to sleep when calls stop."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -146,8 +147,6 @@ def test_code_built_before_the_flag_still_times_out_and_cancels():
     program = _program(CLOCK_CHECKPOINTS, compiled=False)
     assert 0 <= _overshoot(program, 0.05) < 0.05
     scope = CallScope(30.0)
-    import threading
-
     threading.Timer(0.05, scope.cancel).start()
     started = time.monotonic()
     with pytest.raises(TaskCancelled):

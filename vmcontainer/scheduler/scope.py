@@ -177,8 +177,7 @@ class CallScope:
         self._started = now
         self._audit_at = audit_at = now + self.audit_interval if self._budgeted else _INF
         self._exact_audits = self.audit_interval < EXACT_AUDITS_BELOW
-        lead_at = self.deadline - WATCH.lead
-        self.next_look = min(lead_at, audit_at) if self._exact_audits else lead_at
+        self.next_look = self._next_look(self.deadline - WATCH.lead, audit_at)
         if self.cancelled or (gate is not None and (not gate.open or now < gate.resume_at)):
             task_globals[policy.STOP] = True  # the first checkpoint parks or raises
             task_globals[policy.DEADLINE] = _NEG_INF
@@ -224,6 +223,9 @@ class CallScope:
             # thread and its caller want the GIL), then every tick.
             again = deadline + WATCH.lead
             return again if now < again else now + TICK
+        return self._next_look(lead_at, audit_at)
+
+    def _next_look(self, lead_at: float, audit_at: float) -> float:
         return min(lead_at, audit_at) if self._exact_audits else lead_at
 
     def checkpoint(self) -> None:
